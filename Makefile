@@ -1,0 +1,52 @@
+# CXR Engine. `make test` and `make run` work on a fresh machine: they create .venv
+# and install the project into it first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR := var/demo-input
+DEMO_OUT := var/demo-output
+
+.PHONY: venv test run demo phantoms train eval bench typecheck lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+# Until the HTTP service lands, `make run` runs the engine in-process on a demo
+# folder of phantoms it prepares on first run, and says where the outputs are.
+run: demo
+
+demo: venv
+	@test -f $(DEMO_DIR)/phantoms.json || $(VENV)/bin/cxr phantoms $(DEMO_DIR) --count 6 --size 1024
+	$(VENV)/bin/cxr infer $(DEMO_DIR) $(DEMO_OUT)
+	@echo "outputs: $(DEMO_OUT)/<patient_id>/ (predictions JSON, heatmap PNG, source PNG, PDF report)"
+
+phantoms: venv
+	$(VENV)/bin/cxr phantoms var/phantoms --count 20
+
+# Trains the demo bundle (inference/bundles/demo); never part of the tests.
+train: venv
+	$(VENV)/bin/cxr train
+
+eval: venv
+	$(VENV)/bin/cxr eval
+
+bench: venv
+	$(PY) -m bench.stages
+
+typecheck: venv
+	$(VENV)/bin/mypy inference reports
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache

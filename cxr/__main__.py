@@ -1,0 +1,3 @@
+from cxr.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""The ``cxr`` command line: phantoms, train, eval, infer.
+
+``cxr infer PATH OUTPUT`` is the in-process twin of ``POST /bulk_inference``: same
+file discovery (recursive, ``.dcm`` in any case), same per-file rules, same output
+layout and same job summary (also written to ``OUTPUT/.jobs/<job_id>.json``).
+Exit status: 0 when the run completed (skipped files are reported, not failures),
+2 for a usage problem (missing path, no DICOM found, bad model bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("cxr")
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from inference.phantom_dicom import write_phantoms
+
+    with tqdm(total=args.count, unit="file", disable=args.quiet) as bar:
+        records = write_phantoms(Path(args.out), args.count, seed=args.seed, size=args.size, start=args.start,
+                                 compression=args.compression, progress=bar.update)
+    print(f"wrote {len(records)} synthetic DICOM files to {args.out} (index: {Path(args.out) / 'phantoms.json'})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from inference.bundle import DEFAULT_BUNDLE_DIR
+    from inference.train import TrainConfig, main_summary, train
+
+    cfg = TrainConfig(output=Path(args.output) if args.output else DEFAULT_BUNDLE_DIR, seed=args.seed,
+                      train_images=args.images, epochs=args.epochs, max_minutes=args.max_minutes)
+    manifest = train(cfg)
+    print(main_summary(manifest))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from inference.evaluate import TARGETS, evaluate
+
+    result = evaluate(Path(args.model) if args.model else None, count=args.count)
+    if not args.json_only:
+        print(f"{'condition':<20} {'AUROC':>7} {'pointing':>9}")
+        for name, value in result["auroc"].items():
+            point = result["pointing_by_condition"].get(name)
+            shown = "    n/a" if value is None else f"{value:>7.3f}"
+            print(f"{name:<20} {shown} {'' if point is None else f'{point:>9.3f}'}")
+        print(f"{'mean AUROC':<20} {result['mean_auroc']:>7.3f}   (target >= {TARGETS['mean_auroc']})")
+        print(f"{'pointing accuracy':<20} {result['pointing_accuracy']:>7.3f}   "
+              f"(target >= {TARGETS['pointing_accuracy']}, {result['pointing_pairs']} lesions)")
+    # Last line: one JSON object, as documented.
+    print(json.dumps({"auroc": result["auroc"], "mean_auroc": result["mean_auroc"],
+                      "pointing_accuracy": result["pointing_accuracy"]}))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from tqdm import tqdm
+
+    from inference.bundle import read_bundle
+    from inference.errors import BundleError
+    from inference.pipeline import iter_dicom_files, process_file, summarise
+    from inference.predict import Predictor, configure_tensorflow
+
+    src, out = Path(args.path), Path(args.output)
+    if not src.exists():
+        print(f"error: input path does not exist: {src}", file=sys.stderr)
+        return 2
+    files = list(iter_dicom_files(src))
+    if not files:
+        print(f"error: no DICOM images (*.dcm) found in {src}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    configure_tensorflow()
+    try:
+        predictor = Predictor(read_bundle(Path(args.model) if args.model else None))
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    job_id = args.job_id or uuid.uuid4().hex
+    records: list[dict[str, Any]] = []
+    for path in tqdm(files, unit="file", disable=args.quiet):
+        records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout))
+    summary = summarise(records, job_id=job_id, total=len(files))
+    jobs = out / ".jobs"
+    jobs.mkdir(exist_ok=True)
+    (jobs / f"{job_id}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"job {job_id}: {summary['total']} files, {summary['processed']} processed, "
+          f"{len(summary['skipped'])} skipped, {len(summary['superseded'])} superseded")
+    for skip in summary["skipped"]:
+        print(f"  skipped {skip['path']}: {skip['reason']} ({skip['detail']})")
+    for sup in summary["superseded"]:
+        print(f"  superseded {sup['path']} (folder kept {sup['kept']})")
+    if bundle_is_demo(predictor):
+        print("note: results come from the DEMO model, trained on synthetic images: NOT FOR CLINICAL USE")
+    return 0
+
+
+def bundle_is_demo(predictor: Any) -> bool:
+    return bool(predictor.bundle.demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="CXR Engine command line")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantoms", help="write synthetic chest radiographs as DICOM files")
+    p.add_argument("out")
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--size", type=int, default=2048, help="rows and columns (default 2048)")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--start", type=int, default=0, help="first phantom index")
+    p.add_argument("--compression", choices=("mixed", "none", "j2k"), default="mixed")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("train", help="train the demo model on phantoms and write a bundle")
+    p.add_argument("--output", help="bundle folder (default: the shipped demo bundle)")
+    p.add_argument("--seed", type=int, default=20261129)
+    p.add_argument("--images", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-minutes", type=float, default=28.0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a bundle on a held-out synthetic set")
+    p.add_argument("--model", help="bundle folder (default: CXR_MODEL_DIR or the demo bundle)")
+    p.add_argument("--count", type=int, default=600)
+    p.add_argument("--json", dest="json_only", action="store_true", help="print only the JSON line")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infer", help="run a file or folder in-process, like bulk inference")
+    p.add_argument("path")
+    p.add_argument("output")
+    p.add_argument("--layout", choices=("patient", "instance"), default="patient")
+    p.add_argument("--model", help="bundle folder (default: CXR_MODEL_DIR or the demo bundle)")
+    p.add_argument("--job-id", help="job id to record (default: random)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
