@@ -1,0 +1,76 @@
+"""Domain exceptions: the one vocabulary for "this file cannot be processed".
+
+Each exception carries a machine-readable ``reason`` (the skip reason code of the
+API contract) and a human-readable ``detail`` that names the DICOM tag or value at
+fault. The API turns them into envelope messages; workers and the CLI turn them into
+skip records. Nothing else in the code base invents reason codes.
+"""
+
+from __future__ import annotations
+
+
+class CxrError(Exception):
+    """Base class. ``reason`` is stable (clients match on it); ``detail`` is prose."""
+
+    reason = "inference_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def as_skip(self, path: str) -> dict[str, str]:
+        return {"path": path, "reason": self.reason, "detail": self.detail}
+
+
+class UnreadableDicom(CxrError):
+    """Not DICOM at all, empty, or truncated before the pixel data."""
+
+    reason = "unreadable_dicom"
+
+
+class MissingPatientId(CxrError):
+    """(0010,0020) PatientID absent or blank, and no override was given."""
+
+    reason = "missing_patient_id"
+
+
+class UnsupportedModality(CxrError):
+    """(0008,0060) Modality is not one the engine accepts (see ``ReadOptions``)."""
+
+    reason = "unsupported_modality"
+
+
+class UnsupportedImage(CxrError):
+    """No pixel data, a DICOMDIR, absurd dimensions, or a pixel layout we refuse."""
+
+    reason = "unsupported_image"
+
+
+class DecodeError(CxrError):
+    """The pixel data is present but could not be decoded by any available plugin."""
+
+    reason = "decode_error"
+
+
+class InferenceError(CxrError):
+    """The model failed on an image that decoded fine."""
+
+    reason = "inference_error"
+
+
+class BundleError(Exception):
+    """A model bundle is missing, malformed, or its weights fail the SHA-256 check.
+
+    Not a per-file skip: a worker with a bad bundle must refuse to start.
+    """
+
+
+SKIP_REASONS = (
+    "unreadable_dicom",
+    "missing_patient_id",
+    "unsupported_modality",
+    "unsupported_image",
+    "decode_error",
+    "inference_error",
+    "timeout",
+)
