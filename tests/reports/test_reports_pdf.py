@@ -1,0 +1,158 @@
+"""reports.pdf: the report, read back with pypdf."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pypdf import PdfReader
+
+from inference.image import PatientInfo
+from reports.pdf import (
+    DEMO_DISCLAIMER,
+    FALLBACK_FONTS_ENV,
+    FONT_DIR,
+    READER_DISCLAIMER,
+    TITLE,
+    fallback_font_paths,
+    render_report_pdf,
+)
+from reports.predictions import LABELS
+
+Pngs = tuple[bytes, bytes]
+MakeDoc = Callable[..., dict[str, Any]]
+
+
+def render_text(doc: dict[str, Any], pngs: Pngs) -> tuple[PdfReader, str]:
+    data = render_report_pdf(
+        doc, *pngs, generated_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    )
+    assert data.startswith(b"%PDF-")
+    reader = PdfReader(io.BytesIO(data))
+    return reader, "\n".join(page.extract_text() for page in reader.pages)
+
+
+@pytest.fixture(scope="module")
+def sample(make_doc: MakeDoc, report_pngs: Pngs) -> tuple[PdfReader, str]:
+    return render_text(make_doc(confidences=[0.9] + [0.1] * 10), report_pngs)
+
+
+def test_report_text_has_every_required_part(sample: tuple[PdfReader, str]) -> None:
+    reader, text = sample
+    assert len(reader.pages) == 1
+    assert reader.pages[0].mediabox.width == pytest.approx(
+        595.28, abs=0.5
+    )  # A4 portrait
+    for expected in [
+        TITLE,
+        "PAT-00123",
+        "Doe, Jane",
+        "045Y",
+        "2024-01-31",
+        "1.2.826.0.1.3680043.8.498.1",
+        "TB Presumptive",
+        "cxr-demo-densenet",
+        "0.3.1",
+        "0123456789ab",
+        DEMO_DISCLAIMER,
+        READER_DISCLAIMER,
+        "Page 1/1",
+        "Generated 2024-05-06 07:08:09 UTC",
+        "90.0 %",
+        "40 %",
+    ]:
+        assert expected in text, expected
+    for label in LABELS:
+        assert label in text, label
+
+
+def test_report_embeds_both_images(sample: tuple[PdfReader, str]) -> None:
+    reader, _ = sample
+    assert sum(len(page.images) for page in reader.pages) == 2
+
+
+def test_non_demo_model_has_no_demo_disclaimer(
+    make_doc: MakeDoc, report_pngs: Pngs
+) -> None:
+    model = {
+        "name": "cxr-prod",
+        "version": "2.0",
+        "sha256": "f" * 64,
+        "intended_use": "Triage support",
+    }
+    _, text = render_text(make_doc(model=model, confidences=[0.0] * 11), report_pngs)
+    assert DEMO_DISCLAIMER not in text and READER_DISCLAIMER in text
+    assert "Normal" in text
+
+
+@pytest.mark.parametrize("name", ["Иванов Иван", "Παπαδόπουλος Γιώργος"])
+def test_cyrillic_and_greek_names_round_trip(
+    name: str,
+    make_doc: MakeDoc,
+    patient_factory: Callable[..., PatientInfo],
+    report_pngs: Pngs,
+) -> None:
+    _, text = render_text(
+        make_doc(patient=patient_factory(patient_name=name)), report_pngs
+    )
+    assert name in text
+
+
+def test_cjk_and_unusual_names_never_crash(
+    make_doc: MakeDoc,
+    patient_factory: Callable[..., PatientInfo],
+    report_pngs: Pngs,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = "李^雷=リ^レイ 😀 \u202e\x00" + "W" * 200
+    patient = patient_factory(
+        patient_name=name, patient_id="李雷-{nb}", sop_instance_uid="9" * 64
+    )
+    with caplog.at_level(logging.WARNING):
+        _, text = render_text(make_doc(patient=patient), report_pngs)
+    assert not [
+        r for r in caplog.records if "missing the following glyphs" in r.getMessage()
+    ]
+    if not fallback_font_paths():  # no CJK font on this machine: replacement characters
+        assert "\ufffd" in text
+    assert "{ nb}" in text  # the page-count alias in a value is not expanded
+
+
+def test_fallback_font_from_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    make_doc: MakeDoc,
+    report_pngs: Pngs,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv(
+        FALLBACK_FONTS_ENV,
+        f"{tmp_path / 'missing.ttf'}:{FONT_DIR / 'DejaVuSans-Bold.ttf'}",
+    )
+    fallback_font_paths.cache_clear()
+    try:
+        assert FONT_DIR / "DejaVuSans-Bold.ttf" in fallback_font_paths()
+        _, text = render_text(make_doc(), report_pngs)
+        assert "PAT-00123" in text
+    finally:
+        fallback_font_paths.cache_clear()
+
+
+def test_successive_reports_are_independent(
+    make_doc: MakeDoc, patient_factory: Callable[..., PatientInfo], report_pngs: Pngs
+) -> None:
+    first = patient_factory(patient_name="Alpha^Anna", patient_id="FIRST-111")
+    second = patient_factory(patient_name="Beta^Bob", patient_id="SECOND-222")
+    _, text_one = render_text(make_doc(patient=first), report_pngs)
+    _, text_two = render_text(make_doc(patient=second), report_pngs)
+    assert "FIRST-111" in text_one and "Alpha" in text_one
+    assert (
+        "SECOND-222" in text_two
+        and "FIRST-111" not in text_two
+        and "Alpha" not in text_two
+    )
+    assert "Page 1/1" in text_two
