@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="bundle folder (default: the shipped demo bundle)")
     p.add_argument("--seed", type=int, default=20261129)
     p.add_argument("--images", type=int, default=12000)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--max-minutes", type=float, default=28.0)
     p.set_defaults(func=cmd_train)
 

@@ -1,0 +1,230 @@
+"""One DICOM file in, four artifacts out: the engine's unit of work.
+
+``analyse_file`` reads, predicts and renders an image into in-memory artifacts;
+``process_file`` also publishes them (atomically) into the output folder and never
+raises for a per-file problem: it returns a *file record* that says what happened.
+The CLI calls it in-process; the Celery task (a later layer) calls the same function.
+
+File record (JSON-serialisable)::
+
+    {"path", "status": "processed" | "skipped", "reason", "detail",
+     "patient_id", "folder", "outputs": {...}, "rank": [...], "published": bool,
+     "timings_ms": {...}}
+
+Patient folders (layout ``patient``): when several images of one job share a patient
+folder, the folder holds the artifacts of exactly one image, never a mix. The rule is
+deterministic and does not depend on processing order: the image with the greatest
+*rank* wins, where rank = [acquisition date-time, SOP Instance UID, source path]
+(the most recent acquisition; ties broken by the larger UID, then the path). The
+others are reported as ``superseded``. A folder left by an earlier job is replaced.
+Layout ``instance`` keeps every image under ``<patient>/<SOP Instance UID>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.dicom_read import ReadOptions, read_dicom_image
+from inference.errors import CxrError, InferenceError
+from inference.image import DicomImage
+from inference.predict import Analysis, Predictor
+from reports.images import encode_png, heatmap_caption, render_heatmap_overlay, to_uint8_display
+from reports.naming import sanitize_patient_id, sanitize_uid_component
+from reports.pdf import render_report_pdf
+from reports.predictions import build_findings, build_predictions_document, dumps_predictions
+from reports.publish import artifact_names, publish_artifacts
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("patient", "instance")
+HEATMAP_METHOD = "grad-cam"
+
+
+@dataclass
+class Artifacts:
+    """The four artifacts of one image, in memory, plus where they belong."""
+
+    document: dict[str, Any]
+    files: dict[str, bytes]  # file name -> bytes (names from reports.publish.artifact_names)
+    kinds: dict[str, str]  # kind (predictions, heatmap, source_image, report) -> file name
+    folder_parts: list[str]
+    rank: list[str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def iter_dicom_files(root: Path) -> Iterator[Path]:
+    """Every file under ``root`` (recursively) whose name ends in ``.dcm``, any case, sorted.
+
+    Symbolic links are listed like files; whether they may be followed is the
+    caller's policy.
+    """
+    if root.is_file():
+        yield root
+        return
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(".dcm"))
+    yield from sorted(found)
+
+
+def publication_rank(image: DicomImage) -> list[str]:
+    p = image.patient
+    return [p.acquisition_datetime, p.sop_instance_uid, image.path]
+
+
+def folder_parts_for(image: DicomImage, layout: str) -> list[str]:
+    patient_folder = sanitize_patient_id(image.patient.patient_id)
+    if layout == "instance":
+        uid = image.patient.sop_instance_uid or image.provenance.get("pixel_sha256", "unknown")[:16]
+        return [patient_folder, sanitize_uid_component(uid)]
+    return [patient_folder]
+
+
+def render_artifacts(image: DicomImage, analysis: Analysis, predictor: Predictor, *, job_id: str,
+                     layout: str, timings_ms: dict[str, float]) -> Artifacts:
+    """Findings, JSON, PNGs and PDF for one analysed image (decode once, encode once)."""
+    bundle = predictor.bundle
+    t = time.perf_counter()
+    findings = build_findings(bundle.labels, analysis.probabilities, bundle.thresholds)
+    heat_label = bundle.labels[analysis.heatmap_index]
+    heat_conf = float(analysis.probabilities[analysis.heatmap_index])
+    parts = folder_parts_for(image, layout)
+    rank = publication_rank(image)
+
+    display = to_uint8_display(image.pixels)  # one conversion, reused by both PNGs and the PDF
+    source_png = encode_png(display)
+    timings_ms["source_png"] = _ms(t)
+    t = time.perf_counter()
+    heatmap_png = encode_png(render_heatmap_overlay(display, analysis.heatmap, heatmap_caption(heat_label, heat_conf)))
+    timings_ms["heatmap_png"] = _ms(t)
+
+    heatmap_info = {"method": HEATMAP_METHOD, "finding": heat_label, "confidence": round(heat_conf, 4),
+                    "layer": bundle.gradcam_layer, "grid": list(analysis.heatmap.shape),
+                    "rule": "highest-confidence present finding, else highest-confidence finding"}
+    t = time.perf_counter()
+    doc = build_predictions_document(
+        patient=image.patient, findings=findings, model=bundle.identity(), thresholds=bundle.thresholds,
+        heatmap=heatmap_info, provenance=image.provenance, timings_ms=timings_ms,
+        publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins within a job"},
+        source_path=image.path,
+    )
+    pdf = render_report_pdf(doc, source_png, heatmap_png)
+    timings_ms["report_pdf"] = _ms(t)
+    names = artifact_names(parts[0])
+    t = time.perf_counter()
+    json_bytes = dumps_predictions(doc)
+    timings_ms["predictions_json"] = _ms(t)
+    files = {names["predictions"]: json_bytes, names["heatmap"]: heatmap_png,
+             names["source_image"]: source_png, names["report"]: pdf}
+    return Artifacts(doc, files, names, parts, rank, timings_ms)
+
+
+def analyse_file(path: Path, predictor: Predictor, *, job_id: str, layout: str = "patient",
+                 options: ReadOptions | None = None, patient_id_override: str | None = None) -> Artifacts:
+    """Read, predict and render one file. Raises :class:`CxrError` for a file it refuses."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    image = read_dicom_image(path, options or ReadOptions.from_env(), patient_id_override)
+    timings["read_decode"] = _ms(t)
+    t = time.perf_counter()
+    x = predictor.preprocess(image.pixels)
+    timings["preprocess"] = _ms(t)
+    t = time.perf_counter()
+    try:
+        analysis = predictor.analyse_batch(x[None])[0]
+    except CxrError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model failure on one image is a skip, not a crash
+        raise InferenceError(f"model failed on this image: {exc.__class__.__name__}") from exc
+    timings["forward_gradcam"] = _ms(t)
+    return render_artifacts(image, analysis, predictor, job_id=job_id, layout=layout, timings_ms=timings)
+
+
+def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id: str, layout: str = "patient",
+                 options: ReadOptions | None = None, patient_id_override: str | None = None) -> dict[str, Any]:
+    """Analyse and publish one file; return its file record (never raises for file problems).
+
+    ``OSError`` while publishing (disk full, permissions) becomes a skip with reason
+    ``inference_error`` and a detail naming the failing operation, so one unwritable
+    folder never loses the rest of a job.
+    """
+    start = time.perf_counter()
+    record: dict[str, Any] = {"path": str(path), "status": "skipped", "reason": None, "detail": None}
+    try:
+        art = analyse_file(path, predictor, job_id=job_id, layout=layout, options=options,
+                           patient_id_override=patient_id_override)
+        t = time.perf_counter()
+        outcome = publish_artifacts(output_root, art.folder_parts, art.files, job_id=job_id, rank=art.rank,
+                                    layout=layout)
+        art.timings_ms["publish"] = _ms(t)
+    except CxrError as exc:
+        record.update(reason=exc.reason, detail=exc.detail)
+        log.info("skipped %s: %s", path, exc.reason)
+        return record
+    except OSError as exc:
+        record.update(reason="inference_error", detail=f"could not write the output folder ({exc.strerror or exc.__class__.__name__})")
+        log.warning("skipped %s: output not writable: %s", path, exc.__class__.__name__)
+        return record
+    art.timings_ms["total"] = _ms(start)
+    record.update(
+        status="processed",
+        patient_id=art.document["metadata"]["patient_id"],
+        folder=str(outcome.folder),
+        published=outcome.status == "published",
+        outputs={kind: str(outcome.folder / name) for kind, name in art.kinds.items()},
+        rank=art.rank,
+        result=art.document["result"],
+        timings_ms=art.timings_ms,
+    )
+    return record
+
+
+def summarise(records: Iterable[dict[str, Any]], *, job_id: str, total: int) -> dict[str, Any]:
+    """The job summary of the API contract from file records.
+
+    ``superseded`` is derived from the records, not from publish order: for each
+    folder the record with the greatest rank is the winner (the publish rule keeps
+    exactly that one on disk), the others are superseded.
+    """
+    records = list(records)
+    processed = [r for r in records if r["status"] == "processed"]
+    winners: dict[str, dict[str, Any]] = {}
+    for r in processed:
+        best = winners.get(r["folder"])
+        if best is None or r["rank"] > best["rank"]:
+            winners[r["folder"]] = r
+    superseded = [
+        {"path": r["path"], "folder": r["folder"], "kept": winners[r["folder"]]["path"]}
+        for r in processed if winners[r["folder"]] is not r
+    ]
+    timings = [r["timings_ms"]["total"] for r in processed if "timings_ms" in r]
+    return {
+        "job_id": job_id,
+        "status": "completed",
+        "total": total,
+        "processed": len(processed),
+        "skipped": [{"path": r["path"], "reason": r["reason"], "detail": r["detail"]}
+                    for r in records if r["status"] == "skipped"],
+        "superseded": superseded,
+        "outputs": {r["path"]: r["folder"] for r in processed},
+        "timings": {
+            "files_timed": len(timings),
+            "mean_file_ms": round(float(np.mean(timings)), 1) if timings else None,
+            "max_file_ms": round(float(np.max(timings)), 1) if timings else None,
+        },
+    }
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000.0, 2)
