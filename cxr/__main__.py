@@ -1,3 +1,5 @@
-from cxr.cli import main
 import sys
+
+from cxr.cli import main
+
 sys.exit(main())

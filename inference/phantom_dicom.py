@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    JPEG2000Lossless,
-    ExplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     generate_uid,
 )
 
@@ -49,7 +49,7 @@ class PhantomFileSpec:
     windowed: bool
 
     @classmethod
-    def for_index(cls, index: int, compression: str = "mixed") -> "PhantomFileSpec":
+    def for_index(cls, index: int, compression: str = "mixed") -> PhantomFileSpec:
         compressed = {"mixed": index % 2 == 1, "none": False, "j2k": True}[compression]
         return cls(
             modality="CR" if (index // 2) % 2 == 0 else "DX",

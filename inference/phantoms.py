@@ -39,7 +39,6 @@ import numpy as np
 
 from inference.labels import LABELS
 
-
 #: Conditions whose signature sits at one place; pointing accuracy is scored on these.
 LOCALIZED: frozenset[str] = frozenset(
     {
@@ -94,7 +93,7 @@ class _Canvas:
         self.y = ax[:, None]
 
     def px(self, v: float) -> int:
-        return int(round(v * self.size))
+        return round(v * self.size)
 
     def pt(self, x: float, y: float) -> tuple[int, int]:
         return self.px(x), self.px(y)
@@ -113,7 +112,7 @@ class _Canvas:
         return cv2.GaussianBlur(img, (0, 0), s)
 
     def thickness(self, t: float) -> int:
-        return max(1, int(round(t * self.size)))
+        return max(1, round(t * self.size))
 
 
 def _layout(rng: np.random.Generator) -> _Anatomy:
