@@ -107,13 +107,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"  skipped {skip['path']}: {skip['reason']} ({skip['detail']})")
     for sup in summary["superseded"]:
         print(f"  superseded {sup['path']} (folder kept {sup['kept']})")
-    if bundle_is_demo(predictor):
+    if predictor.bundle.demo:
         print("note: results come from the DEMO model, trained on synthetic images: NOT FOR CLINICAL USE")
     return 0
-
-
-def bundle_is_demo(predictor: Any) -> bool:
-    return bool(predictor.bundle.demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -139,7 +139,7 @@ def _lung_masks(c: _Canvas, a: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sample_in(mask: np.ndarray, rng: np.random.Generator, y_range: tuple[float, float] = (0, 1),
-               margin: float = 0.0, c: _Canvas | None = None) -> tuple[float, float]:
+               margin: float = 0.0) -> tuple[float, float]:
     """A random point inside ``mask`` (optionally eroded by ``margin``) within y_range."""
     size = mask.shape[0]
     m = mask
@@ -244,12 +244,12 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
     top, bottom = ly - lry, ly + lry
     if name == "Nodule/Mass":
         r = rng.uniform(0.018, 0.045)
-        x, y = _sample_in(lung, rng, (top + 0.1, bottom - 0.1), margin=r, c=c)
+        x, y = _sample_in(lung, rng, (top + 0.1, bottom - 0.1), margin=r)
         blob = c.blur(c.ellipse(x, y, r, r * rng.uniform(0.9, 1.1)).astype(np.float32), 0.003)
         img += 0.30 * blob
         return _box(x, y, r * 1.3, r * 1.3)
     if name == "Tuberculosis":
-        x, y = _sample_in(lung, rng, (top + 0.06, top + 0.2), margin=0.04, c=c)
+        x, y = _sample_in(lung, rng, (top + 0.06, top + 0.2), margin=0.04)
         patch = c.blur((c.gaussian(x, y, 0.045, 0.035) > 0.35).astype(np.float32), 0.01)
         ring_r = rng.uniform(0.018, 0.026)
         ring = c.blank()
@@ -259,7 +259,7 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         img[cav] = np.minimum(img[cav], 0.12)
         return _box(x, y, 0.065, 0.055)
     if name == "Calcification":
-        x, y = _sample_in(lung, rng, (top + 0.08, bottom - 0.08), margin=0.03, c=c)
+        x, y = _sample_in(lung, rng, (top + 0.08, bottom - 0.08), margin=0.03)
         dots = c.blank()
         for _ in range(int(rng.integers(3, 6))):
             dx, dy = rng.uniform(-0.022, 0.022, size=2)
@@ -267,7 +267,7 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         img += 0.55 * c.blur(dots, 0.0015)
         return _box(x, y, 0.035, 0.035)
     if name == "Consolidation":
-        x, y = _sample_in(lung, rng, (ly - 0.02, bottom - 0.06), margin=0.05, c=c)
+        x, y = _sample_in(lung, rng, (ly - 0.02, bottom - 0.06), margin=0.05)
         rx, ry = rng.uniform(0.06, 0.08), rng.uniform(0.05, 0.07)
         patch = c.blur((c.ellipse(x, y, rx, ry) & lung).astype(np.float32), 0.008)
         bron = c.blank()
@@ -279,7 +279,7 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         img += 0.32 * patch - 0.2 * c.blur(bron, 0.002) * patch
         return _box(x, y, rx, ry)
     if name == "Atelectasis":
-        x, y = _sample_in(lung, rng, (ly + 0.05, bottom - 0.07), margin=0.06, c=c)
+        x, y = _sample_in(lung, rng, (ly + 0.05, bottom - 0.07), margin=0.06)
         ang = rng.uniform(-0.35, 0.35)
         half = rng.uniform(0.06, 0.085)
         band = c.blank()
@@ -300,7 +300,6 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
     if name == "Pneumothorax":
         outward = -1 if side == 0 else 1
         depth = rng.uniform(0.03, 0.05)
-        edge_x = lx + outward * lrx  # lateral lung edge at mid height
         inner = c.ellipse(lx - outward * depth, ly + 0.02, lrx - depth, lry - depth * 1.2)
         crescent = lung & ~inner & (c.y < ly + lry * 0.55)
         if not crescent.any():
@@ -311,7 +310,6 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         cv2.ellipse(line, c.pt(lx - outward * depth, ly + 0.02),
                     (c.px(lrx - depth), c.px(lry - depth * 1.2)), 0, 180, 360, 1.0, c.thickness(0.004))
         img += 0.22 * c.blur(line, 0.0015) * (crescent | lung) * (c.y < ly + lry * 0.55)
-        del edge_x
         return _mask_box(crescent)
     if name == "Pleural Thickening":
         if rng.random() < 0.5:  # apical cap
@@ -331,7 +329,7 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         net = c.blank()
         for lm, (fx, fy, frx, fry) in zip(lungs, (a.lung_r, a.lung_l)):
             for _ in range(45):
-                x, y = _sample_in(lm, rng, (fy + 0.02, fy + fry - 0.04), c=c)
+                x, y = _sample_in(lm, rng, (fy + 0.02, fy + fry - 0.04))
                 ang = rng.uniform(0, math.pi)
                 d = rng.uniform(0.015, 0.03)
                 cv2.line(net, c.pt(x, y), c.pt(x + math.cos(ang) * d, y + math.sin(ang) * d), 1.0,
@@ -342,7 +340,7 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         haze = c.blank()
         for lm in lungs:
             for _ in range(int(rng.integers(3, 5))):
-                x, y = _sample_in(lm, rng, margin=0.03, c=c)
+                x, y = _sample_in(lm, rng, margin=0.03)
                 haze += c.gaussian(x, y, rng.uniform(0.025, 0.04), rng.uniform(0.025, 0.04))
         img += 0.15 * np.clip(haze, 0, 1.2) * (lungs[0] | lungs[1])
         return None

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from inference.dicom_read import ReadOptions, read_dicom_image
-from inference.errors import CxrError, InferenceError
+from inference.errors import CxrError
 from inference.image import DicomImage
 from inference.predict import Analysis, Predictor
 from reports.images import (
@@ -153,12 +153,7 @@ def analyse_file(path: Path, predictor: Predictor, *, job_id: str, layout: str =
     x = predictor.preprocess(image.pixels)
     timings["preprocess"] = _ms(t)
     t = time.perf_counter()
-    try:
-        analysis = predictor.analyse_batch(x[None])[0]
-    except CxrError:
-        raise
-    except Exception as exc:
-        raise InferenceError(f"model failed on this image: {exc.__class__.__name__}") from exc
+    analysis = predictor.analyse_batch(x[None])[0]  # raises InferenceError on a model failure
     timings["forward_gradcam"] = _ms(t)
     return render_artifacts(image, analysis, predictor, job_id=job_id, layout=layout, timings_ms=timings)
 
