@@ -74,6 +74,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from inference.bundle import read_bundle
+    from inference.dicom_read import ReadOptions
     from inference.errors import BundleError
     from inference.pipeline import iter_dicom_files, process_file, summarise
     from inference.predict import Predictor, configure_tensorflow
@@ -94,9 +95,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     job_id = args.job_id or uuid.uuid4().hex
+    options = ReadOptions.from_env()  # once per run, not once per file
     records: list[dict[str, Any]] = []
     for path in tqdm(files, unit="file", disable=args.quiet):
-        records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout))
+        records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout, options=options))
     summary = summarise(records, job_id=job_id, total=len(files))
     jobs = out / ".jobs"
     jobs.mkdir(exist_ok=True)

@@ -72,8 +72,9 @@ class Artifacts:
 def iter_dicom_files(root: Path) -> Iterator[Path]:
     """Every file under ``root`` (recursively) whose name ends in ``.dcm``, any case, sorted.
 
-    Symbolic links are listed like files; whether they may be followed is the
-    caller's policy.
+    Folders whose names start with a dot are not entered (``.tmp``, ``.jobs`` and
+    ``.locks`` of an output folder, ``.git``, OS metadata). Symbolic links are listed
+    like files; whether they may be followed is the caller's policy.
     """
     if root.is_file():
         yield root
