@@ -1,0 +1,79 @@
+"""The HTTP API (Flask): ``create_app`` builds it; gunicorn serves ``api:create_app()``.
+
+The API validates requests, lists folders, records jobs and sends tasks; it never
+imports TensorFlow (inference runs on workers, single inference included). Its Redis
+connections (job store, token deny list) and the Celery app that sends tasks live in
+``app.extensions``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kombu.exceptions
+import redis
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from api.auth import init_auth
+from api.config import load_config
+from api.envelope import ApiError, envelope, error_response
+
+log = logging.getLogger(__name__)
+
+BROKER_DOWN = "Message broker unreachable; try again later"
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    from workers.app import create_celery_app
+    from workers.jobs import JobStore
+
+    app = Flask(__name__)
+    app.config.update(load_config(overrides=test_config))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["CXR_MAX_BODY_BYTES"]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    store = JobStore.from_url(app.config["REDIS_URL"], retries=2)
+    celery = create_celery_app()
+    celery.conf.update(broker_url=app.config["REDIS_URL"],
+                       result_backend=f"workers.backend:QuietRedisBackend+{app.config['REDIS_URL']}",
+                       broker_connection_timeout=3.0, broker_connection_max_retries=1)
+    app.extensions["cxr_jobs"] = store
+    app.extensions["cxr_redis"] = store.client
+    app.extensions["cxr_celery"] = celery
+
+    init_auth(app)
+    from api import inference, jobs
+
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(inference.bp)
+    _register_error_handlers(app)
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, error_response)
+
+    def _broker_down(exc: Exception) -> Any:
+        log.error("broker unreachable: %s", type(exc).__name__)
+        return envelope(503, BROKER_DOWN, result="Failure")
+
+    for exc_class in BROKER_ERRORS:
+        app.register_error_handler(exc_class, _broker_down)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+        code = exc.code or 500
+        return envelope(code, messages.get(code, exc.name), result="Failure")
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Any:
+        log.exception("unhandled error")  # the operator's log has the traceback; the client never does
+        messages = {"inference.single_inference": "Single Inference failed due to an internal error",
+                    "inference.bulk_inference": "Bulk inference failed due to an internal error"}
+        return envelope(500, messages.get(request.endpoint or "", "Internal server error"), result="Failure")

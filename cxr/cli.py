@@ -1,4 +1,4 @@
-"""The ``cxr`` command line: phantoms, train, eval, infer.
+"""The ``cxr`` command line: phantoms, train, eval, infer, token.
 
 ``cxr infer PATH OUTPUT`` is the in-process twin of ``POST /bulk_inference``: same
 file discovery (recursive, ``.dcm`` in any case), same per-file rules, same output
@@ -114,6 +114,40 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    from api import create_app
+    from api.auth import issue_token
+    from api.config import ConfigError
+
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(issue_token(app, args.subject, args.days))  # the token alone, for $(cxr token issue ...)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    import jwt
+
+    from api import create_app
+    from api.auth import revoke
+    from api.config import ConfigError
+
+    try:
+        app = create_app()
+        jti = revoke(app.extensions["cxr_redis"], app.config["CXR_JWT_SECRET"], args.token)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except jwt.InvalidTokenError:
+        print("error: that token was not signed with this server's secret", file=sys.stderr)
+        return 2
+    print(f"revoked {jti}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="CXR Engine command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -151,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", help="job id to record (default: random)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
+
+    token = sub.add_parser("token", help="issue or revoke API tokens (needs CXR_JWT_SECRET and Redis)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    p = token_sub.add_parser("issue", help="print a new token for SUBJECT, alone on stdout")
+    p.add_argument("--subject", required=True, help="who the token is for (a system or a person)")
+    p.add_argument("--days", type=float, default=None, help="lifetime in days (default CXR_TOKEN_DAYS, 30)")
+    p.set_defaults(func=cmd_token_issue)
+    p = token_sub.add_parser("revoke", help="deny a token from now on, by its jti or the token itself")
+    p.add_argument("token", metavar="JTI_OR_TOKEN")
+    p.set_defaults(func=cmd_token_revoke)
     return parser
 
 

@@ -23,9 +23,8 @@ Layout ``instance`` keeps every image under ``<patient>/<SOP Instance UID>/``.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from inference.dicom_read import ReadOptions, read_dicom_image
+from inference.discovery import iter_dicom_files  # noqa: F401  (re-exported for callers)
 from inference.errors import CxrError
 from inference.image import DicomImage
 from inference.predict import Analysis, Predictor
@@ -67,23 +67,6 @@ class Artifacts:
     folder_parts: list[str]
     rank: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def iter_dicom_files(root: Path) -> Iterator[Path]:
-    """Every file under ``root`` (recursively) whose name ends in ``.dcm``, any case, sorted.
-
-    Folders whose names start with a dot are not entered (``.tmp``, ``.jobs`` and
-    ``.locks`` of an output folder, ``.git``, OS metadata). Symbolic links are listed
-    like files; whether they may be followed is the caller's policy.
-    """
-    if root.is_file():
-        yield root
-        return
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(".dcm"))
-    yield from sorted(found)
 
 
 def publication_rank(image: DicomImage) -> list[str]:
@@ -160,12 +143,14 @@ def analyse_file(path: Path, predictor: Predictor, *, job_id: str, layout: str =
 
 
 def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id: str, layout: str = "patient",
-                 options: ReadOptions | None = None, patient_id_override: str | None = None) -> dict[str, Any]:
+                 options: ReadOptions | None = None, patient_id_override: str | None = None,
+                 include_document: bool = False) -> dict[str, Any]:
     """Analyse and publish one file; return its file record (never raises for file problems).
 
     ``OSError`` while publishing (disk full, permissions) becomes a skip with reason
-    ``inference_error`` and a detail naming the failing operation, so one unwritable
-    folder never loses the rest of a job.
+    ``inference_error``, ``stage: "publish"`` and a detail naming the failing operation,
+    so one unwritable folder never loses the rest of a job. ``include_document`` adds
+    the predictions document (findings, metadata) to the record, for single inference.
     """
     start = time.perf_counter()
     record: dict[str, Any] = {"path": str(path), "status": "skipped", "reason": None, "detail": None}
@@ -181,7 +166,8 @@ def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id:
         log.info("skipped %s: %s", path, exc.reason)
         return record
     except OSError as exc:
-        record.update(reason="inference_error", detail=f"could not write the output folder ({exc.strerror or exc.__class__.__name__})")
+        record.update(reason="inference_error", stage="publish",
+                      detail=f"could not write the output folder ({exc.strerror or exc.__class__.__name__})")
         log.warning("skipped %s: output not writable: %s", path, exc.__class__.__name__)
         return record
     art.timings_ms["total"] = _ms(start)
@@ -195,6 +181,8 @@ def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id:
         result=art.document["result"],
         timings_ms=art.timings_ms,
     )
+    if include_document:
+        record["document"] = art.document
     return record
 
 

@@ -1,0 +1,87 @@
+"""Checking request bodies: field types, paths and the data roots.
+
+Paths are server paths (shared storage). A path must be a non-empty absolute string
+without NUL; it is resolved with ``os.path.realpath`` (symlinks included) and the
+result must lie under one of ``CXR_DATA_ROOTS``; the *resolved* path is what the
+engine then uses, so a symlink swapped in after the check cannot redirect it outside.
+Existence is checked only after the roots, so the API never tells a client whether a
+path outside its roots exists.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flask import request
+
+from api.envelope import ApiError
+
+#: DICOM LO (the PatientID VR) holds at most 64 characters.
+MAX_PATIENT_ID_LENGTH = 64
+LAYOUTS = ("patient", "instance")
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or 415 (any content type is parsed as JSON)."""
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(415, "Request body must be a JSON object")
+    return body
+
+
+def require(body: dict[str, Any], field: str, message: str) -> Any:
+    value = body.get(field)
+    if value is None:
+        raise ApiError(400, message)
+    return value
+
+
+def boolean_field(body: dict[str, Any], field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"Invalid value for {field}, should be a boolean: {value!r}")
+    return value
+
+
+def layout_field(body: dict[str, Any]) -> str:
+    value = body.get("layout", "patient")
+    if value not in LAYOUTS:
+        raise ApiError(400, f'Invalid value for layout, should be "patient" or "instance": {value!r}')
+    return str(value)
+
+
+def server_path(field: str, value: Any, roots: Sequence[Path]) -> Path:
+    """The resolved path named by ``field``, checked against the data roots."""
+    if not isinstance(value, str) or not value.strip() or "\x00" in value or not os.path.isabs(value):
+        raise ApiError(400, f"Invalid path {field}: {value!r}")
+    resolved = Path(os.path.realpath(value))
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise ApiError(400, f"Path is outside the allowed data roots: {value}")
+    return resolved
+
+
+def patient_id_field(body: dict[str, Any]) -> str | None:
+    """An optional override: a non-blank string of printable characters, at most 64."""
+    value = body.get("patient_id")
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not value.strip() or len(value) > MAX_PATIENT_ID_LENGTH
+            or any(unicodedata.category(ch).startswith("C") for ch in value)):
+        raise ApiError(400, f"Invalid patient_id: {value!r} in request body")
+    return value.strip()
+
+
+def make_output_folder(path: Path, shown: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        raise ApiError(500, f"Unable to create output folder: {shown}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ApiError(500, f"Unable to create output folder: {shown}")

@@ -1,0 +1,46 @@
+"""Building and sending the bulk-job chord (imports no task code, no TensorFlow).
+
+The API calls ``send_bulk_job``: one ``cxr.infer_file`` signature per file on the
+``inference`` queue, and ``cxr.finalize_job`` as the callback on the default queue, with
+``cxr.chord_failed`` as the callback's error hook. Every id is chosen here, before
+anything is sent: the job id is the chord's group id, file ``i``'s task id is
+``<job_id>-<i>`` and the callback's is ``<job_id>-finalize``, so the callback can look up
+how any file's task ended without a saved ``GroupResult`` (saving one would route the
+chord through Celery's slower join path). Only ids, paths and the layout travel
+through the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery, chord, group
+
+from workers.app import DEFAULT_QUEUE, INFERENCE_QUEUE
+
+
+def header_task_id(job_id: str, index: int) -> str:
+    return f"{job_id}-{index}"
+
+
+def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, layout: str) -> None:
+    header = [
+        app.signature("cxr.infer_file", kwargs={"job_id": job_id, "index": i, "path": p, "output": output,
+                                                "layout": layout},
+                      queue=INFERENCE_QUEUE, task_id=header_task_id(job_id, i))
+        for i, p in enumerate(paths)
+    ]
+    body = app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
+                         task_id=f"{job_id}-finalize")
+    body.link_error(app.signature("cxr.chord_failed", kwargs={"job_id": job_id}))
+    chord(group(header, app=app).set(task_id=job_id), app=app)(body, task_id=f"{job_id}-finalize")
+
+
+def send_single(app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None,
+                expires_s: float) -> str:
+    """Queue one single-inference task; it is discarded if no worker takes it in time."""
+    sig = app.signature("cxr.infer_single", kwargs={"path": path, "output": output, "patient_id": patient_id,
+                                                    "request_id": request_id},
+                        queue=INFERENCE_QUEUE, task_id=request_id)
+    sig.apply_async(expires=expires_s)
+    return request_id

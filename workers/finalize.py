@@ -1,0 +1,95 @@
+"""Completing a bulk job: from per-file records to the job summary (no Celery here).
+
+Called by the chord callback, and by the chord's error path when a per-file task died
+in a way it could not report itself (hard time limit, killed child process). Either
+way every file of the job ends up in the summary, processed or skipped with a reason:
+
+* a file with a record in the job store is taken as recorded;
+* a file without one is classified from how its task ended (``classify_lost_file``):
+  a hard time limit becomes ``timeout``, anything else ``inference_error``.
+
+The summary goes to the job record and to ``<output>/.jobs/<job_id>.json`` (written to
+a temporary name and renamed, so a reader never sees half a file). Running it twice
+gives the same summary, so a redelivered callback is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inference.pipeline import summarise
+from reports.publish import remove_stale_temp_dirs
+from workers.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+#: ``(state, exception type name)`` of a file's task, or ``None`` when nothing is known.
+TaskOutcome = tuple[str, str] | None
+
+
+def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float) -> dict[str, Any]:
+    """A skip record for a file whose task ended without recording the file."""
+    record: dict[str, Any] = {"path": path, "status": "skipped", "reason": "inference_error"}
+    if outcome is None:
+        record["detail"] = "the file's task left no result (lost message or expired result)"
+    elif outcome[1] == "TimeLimitExceeded":
+        record.update(reason="timeout", detail=f"hard time limit of {hard_limit_s:g} s exceeded; the process was stopped")
+    elif outcome[1] == "WorkerLostError":
+        record["detail"] = "the worker process died while processing this file"
+    else:
+        record["detail"] = f"the file's task failed ({outcome[1]})"
+    return record
+
+
+def write_summary_file(output_root: Path, summary: dict[str, Any]) -> Path:
+    jobs = output_root / ".jobs"
+    jobs.mkdir(exist_ok=True)
+    final = jobs / f"{summary['job_id']}.json"
+    temp = jobs / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    temp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temp, final)
+    return final
+
+
+def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], TaskOutcome], *,
+                 hard_limit_s: float) -> dict[str, Any]:
+    meta = store.meta(job_id)
+    total = int(meta.get("total", 0))
+    paths = store.job_paths(job_id)
+    records = store.file_records(job_id)
+    ordered: list[dict[str, Any]] = []
+    for index in range(total):
+        record = records.get(index)
+        if record is None:
+            path = paths[index] if index < len(paths) else f"<file {index}>"
+            record = classify_lost_file(path, task_outcome(index), hard_limit_s)
+            log.warning("job %s file %d had no record: %s", job_id, index, record["detail"])
+        ordered.append(record)
+    summary = summarise(ordered, job_id=job_id, total=total)
+    now = time.time()
+    created = float(meta.get("created_at", now))
+    started = float(meta["started_at"]) if meta.get("started_at") else None
+    summary["timings"].update({
+        "wall_s": round(now - created, 3),
+        "queued_s": round(started - created, 3) if started is not None else None,
+    })
+    summary["workers"] = sorted({r["worker"] for r in ordered if r.get("worker")})
+    output_root = Path(meta["output"])
+    try:
+        summary["summary_file"] = str(write_summary_file(output_root, summary))
+    except OSError as exc:
+        summary["summary_file"] = None
+        log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, exc.strerror)
+    store.finish(job_id, summary)
+    try:
+        remove_stale_temp_dirs(output_root)
+    except OSError as exc:
+        log.warning("job %s: could not clean stale staging folders: %s", job_id, exc.strerror)
+    return summary

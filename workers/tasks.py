@@ -1,0 +1,159 @@
+"""Celery tasks: the only place where the inference core meets Celery.
+
+Like a web view, each task unpacks its arguments, calls plain functions
+(``inference.pipeline``, ``workers.finalize``) and handles retries; nothing more.
+
+* ``cxr.infer_file`` (queue ``inference``): one file of a bulk job. It never raises for
+  a file problem: a refused or failed file becomes a skip record, so the chord callback
+  always runs. Its soft time limit becomes a ``timeout`` skip. Only a transient Redis
+  failure (recording the result) raises, and is retried with exponential backoff.
+* ``cxr.infer_single`` (queue ``inference``): ``POST /single_inference``.
+* ``cxr.finalize_job`` (default queue): the chord callback; writes the job summary.
+* ``cxr.chord_failed``: the callback's error hook, called when a per-file task died
+  without reporting (hard time limit, killed process); it finalises the job anyway.
+
+The model is loaded once per worker *process*, after the fork (``worker_process_init``),
+never in the parent: CUDA state does not survive a fork. The parent only checks the
+bundle's manifest and weights checksum at start-up (no TensorFlow), so a worker with a
+bad bundle refuses to start instead of failing every file.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.result import AsyncResult
+
+import celeryconfig
+from inference.bundle import read_bundle
+from inference.dicom_read import ReadOptions
+from inference.errors import CxrError
+from inference.pipeline import analyse_file, process_file
+from inference.predict import Predictor, configure_tensorflow
+from workers.app import app
+from workers.canvas import header_task_id
+from workers.finalize import TaskOutcome, finalize_job
+from workers.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def predictor() -> Predictor:
+    """This process's model (loaded on first use if ``worker_process_init`` did not)."""
+    with _lock:
+        if "predictor" not in _state:
+            configure_tensorflow()
+            p = Predictor(read_bundle())
+            p.analyse_batch(p.preprocess(_warmup_image())[None])  # trace the graph now, not on a file
+            _state["predictor"] = p
+            log.info("model %s loaded in process %d", p.bundle.identity().get("name"), os.getpid())
+        return _state["predictor"]
+
+
+def read_options() -> ReadOptions:
+    if "options" not in _state:
+        _state["options"] = ReadOptions.from_env()
+    return _state["options"]
+
+
+def job_store() -> JobStore:
+    if "store" not in _state:
+        _state["store"] = JobStore.from_url(celeryconfig.REDIS_URL, retries=5)
+    return _state["store"]
+
+
+def _warmup_image() -> Any:
+    import numpy as np
+
+    return np.zeros((256, 256), dtype=np.float32)
+
+
+@signals.worker_init.connect
+def _check_bundle(**_: Any) -> None:
+    bundle = read_bundle()  # raises BundleError: the worker refuses to start
+    log.info("model bundle %s verified", bundle.identity())
+
+
+@signals.worker_process_init.connect
+def _load_model(**_: Any) -> None:
+    predictor()
+
+
+@app.task(name="cxr.infer_file", bind=True, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
+          retry_backoff_max=60, retry_jitter=True, max_retries=5)
+def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
+    try:
+        record = process_file(Path(path), Path(output), predictor(), job_id=job_id, layout=layout,
+                              options=read_options())
+    except SoftTimeLimitExceeded:
+        record = {"path": path, "status": "skipped", "reason": "timeout",
+                  "detail": f"soft time limit of {app.conf.task_soft_time_limit:g} s exceeded"}
+    record.update(index=index, worker=self.request.hostname)
+    job_store().record_file(job_id, index, record)
+    return {"index": index, "status": record["status"]}
+
+
+@app.task(name="cxr.infer_single", bind=True, acks_late=True)
+def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | None,
+                 request_id: str) -> dict[str, Any]:
+    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64."""
+    try:
+        if output is not None:
+            record = process_file(Path(path), Path(output), predictor(), job_id=request_id, layout="patient",
+                                  options=read_options(), patient_id_override=patient_id, include_document=True)
+            if record["status"] != "processed":
+                return record
+            doc = record.pop("document")
+            outputs = record["outputs"]
+            images = {"source_image": outputs["source_image"], "heatmap": outputs["heatmap"],
+                      "report": outputs["report"], "predictions": outputs["predictions"]}
+        else:
+            art = analyse_file(Path(path), predictor(), job_id=request_id, options=read_options(),
+                               patient_id_override=patient_id)
+            doc = art.document
+            images = {kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
+                      for kind in ("source_image", "heatmap", "report")}
+    except CxrError as exc:
+        return {"path": path, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
+    except SoftTimeLimitExceeded:
+        return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
+    data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
+    return {"path": path, "status": "processed", "worker": self.request.hostname, "data": data}
+
+
+@app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)
+def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[str, Any]:
+    summary = finalize_job(job_id, job_store(), _outcome_lookup(job_id), hard_limit_s=app.conf.task_time_limit)
+    log.info("job %s finished: %d processed, %d skipped", job_id, summary["processed"], len(summary["skipped"]))
+    return {"job_id": job_id, "status": summary["status"]}
+
+
+@app.task(name="cxr.chord_failed")
+def chord_failed(request: Any, exc: BaseException, traceback: Any, job_id: str) -> None:
+    """Runs in the process that saw the chord fail; hands the job to ``cxr.finalize_job``."""
+    log.warning("job %s: a file's task failed without reporting (%s); finalising anyway",
+                job_id, type(exc).__name__)
+    app.signature("cxr.finalize_job", kwargs={"job_id": job_id}).apply_async()
+
+
+def _outcome_lookup(job_id: str) -> Any:
+    def lookup(index: int) -> TaskOutcome:
+        result = AsyncResult(header_task_id(job_id, index), app=app)
+        state = result.state
+        if state == "PENDING":
+            return None
+        exc = result.result
+        return state, type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return lookup
