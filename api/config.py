@@ -6,10 +6,13 @@ factory. Every setting is in the README's configuration table.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: A secret shorter than this is refused in production (HS256 wants >= 256 bits).
 MIN_SECRET_LENGTH = 32
@@ -70,9 +73,12 @@ def check_secret(config: Mapping[str, Any]) -> None:
     if not secret:
         raise ConfigError("no JWT secret: set CXR_JWT_SECRET or CXR_JWT_SECRET_FILE "
                           "(`make run` generates one for local use)")
-    if config["CXR_ENV"] == "production" and len(secret) < MIN_SECRET_LENGTH:
-        raise ConfigError(f"CXR_JWT_SECRET is shorter than {MIN_SECRET_LENGTH} characters; "
-                          "refusing to start in production")
+    if len(secret) < MIN_SECRET_LENGTH:
+        if config["CXR_ENV"] == "production":
+            raise ConfigError(f"CXR_JWT_SECRET is shorter than {MIN_SECRET_LENGTH} characters; "
+                              "refusing to start in production")
+        log.warning("the JWT secret is shorter than %d characters: acceptable for development only",
+                    MIN_SECRET_LENGTH)
 
 
 def parse_data_roots(text: str) -> list[Path]:

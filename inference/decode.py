@@ -34,7 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from inference.errors import DecodeError
+from inference.errors import DecodeError, reraise_if_interrupt
 
 LOGGER = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def _decode_native(
     try:
         return decoder.as_array(ds, index=0)
     except Exception as exc:  # pydicom raises many types; all mean "cannot decode"
+        reraise_if_interrupt(exc)
         raise DecodeError(f"{ts_label}: {summarise_exception(exc)}") from exc
 
 
@@ -175,6 +176,7 @@ def _decode_encapsulated(
         try:
             arr, props = decoder.as_array(ds, index=0, decoding_plugin=plugin)
         except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the next
+            reraise_if_interrupt(exc)
             LOGGER.info("plugin %s failed on %s: %s", plugin, ts_label, exc)
             summary = summarise_exception(exc).removeprefix(f"{plugin}: ")
             failures.append(f"{plugin}: {summary}")

@@ -51,6 +51,7 @@ from inference.errors import (
     UnreadableDicom,
     UnsupportedImage,
     UnsupportedModality,
+    reraise_if_interrupt,
 )
 from inference.image import DicomImage, PatientInfo
 from inference.pixels import (
@@ -176,6 +177,7 @@ def _parse(path: str | os.PathLike[str], force: bool) -> Dataset:
             )
         raise
     except Exception as exc:  # the parser fails in many ways on arbitrary bytes
+        reraise_if_interrupt(exc)
         raise UnreadableDicom(
             f"not parseable as DICOM ({type(exc).__name__}: {summarise_exception(exc)})"
         ) from exc
@@ -268,6 +270,7 @@ def _convert_elements(ds: Dataset) -> None:
         try:
             ds[tag]
         except Exception as exc:  # value conversion of arbitrary bytes
+            reraise_if_interrupt(exc)
             raise UnreadableDicom(
                 f"element {_tag(tag)} cannot be parsed ({summarise_exception(exc)})"
             ) from exc

@@ -65,6 +65,27 @@ class BundleError(Exception):
     """
 
 
+_interrupts: tuple[type[BaseException], ...] = ()
+
+
+def register_interrupt(exc_class: type[BaseException]) -> None:
+    """Declare an exception that must cross the core's broad ``except Exception`` handlers.
+
+    Decoders and the DICOM parser fail in many ways, so a few handlers turn *any*
+    exception into a refusal. An interruption is not a refusal: the worker registers
+    Celery's ``SoftTimeLimitExceeded`` here so that a file over its time limit is
+    reported as ``timeout``, not as ``decode_error``. The core never imports Celery.
+    """
+    global _interrupts
+    if exc_class not in _interrupts:
+        _interrupts = (*_interrupts, exc_class)
+
+
+def reraise_if_interrupt(exc: BaseException) -> None:
+    if isinstance(exc, _interrupts):
+        raise exc
+
+
 SKIP_REASONS = (
     "unreadable_dicom",
     "missing_patient_id",

@@ -48,14 +48,15 @@ def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float) -> 
     return record
 
 
-def write_summary_file(output_root: Path, summary: dict[str, Any]) -> Path:
-    jobs = output_root / ".jobs"
-    jobs.mkdir(exist_ok=True)
-    final = jobs / f"{summary['job_id']}.json"
-    temp = jobs / f".{final.name}.{uuid.uuid4().hex}.tmp"
+def summary_path(output_root: Path, job_id: str) -> Path:
+    return output_root / ".jobs" / f"{job_id}.json"
+
+
+def write_summary_file(path: Path, summary: dict[str, Any]) -> None:
+    path.parent.mkdir(exist_ok=True)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     temp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temp, final)
-    return final
+    os.replace(temp, path)
 
 
 def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], TaskOutcome], *,
@@ -82,8 +83,10 @@ def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], Tas
     })
     summary["workers"] = sorted({r["worker"] for r in ordered if r.get("worker")})
     output_root = Path(meta["output"])
+    path = summary_path(output_root, job_id)
+    summary["summary_file"] = str(path)
     try:
-        summary["summary_file"] = str(write_summary_file(output_root, summary))
+        write_summary_file(path, summary)
     except OSError as exc:
         summary["summary_file"] = None
         log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, exc.strerror)

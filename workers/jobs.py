@@ -92,6 +92,7 @@ class JobProgress:
 
 class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int | None = None) -> None:
+        """``client`` must decode responses to ``str``."""
         self.client = client
         self.ttl_s = ttl_s if ttl_s is not None else job_ttl_s()
         self._record_file = client.register_script(_RECORD_FILE)
@@ -102,6 +103,7 @@ class JobStore:
         kwargs.setdefault("socket_connect_timeout", 2.0)
         kwargs.setdefault("socket_timeout", 10.0)
         kwargs.setdefault("health_check_interval", 30)
+        kwargs.setdefault("decode_responses", True)
         client = redis.Redis.from_url(
             url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError], **kwargs)
@@ -121,14 +123,11 @@ class JobStore:
         pipe.execute()
 
     def job_paths(self, job_id: str) -> list[str]:
-        return [p.decode() for p in self.client.lrange(PATHS_KEY.format(job_id=job_id), 0, -1)]
-
-    def exists(self, job_id: str) -> bool:
-        return bool(self.client.exists(JOB_KEY.format(job_id=job_id)))
+        return [str(p) for p in self.client.lrange(PATHS_KEY.format(job_id=job_id), 0, -1)]
 
     def meta(self, job_id: str) -> dict[str, str]:
         raw = self.client.hgetall(JOB_KEY.format(job_id=job_id))
-        return {k.decode(): v.decode() for k, v in raw.items() if k != b"summary"}
+        return {str(k): str(v) for k, v in raw.items() if k != "summary"}
 
     def record_file(self, job_id: str, index: int, record: Mapping[str, Any]) -> bool:
         """Store one file's record; True the first time this file is recorded."""
@@ -159,6 +158,6 @@ class JobStore:
         if fields[0] is None:
             return None
         status, total, processed, skipped, summary = fields
-        return JobProgress(job_id=job_id, status=status.decode(), total=int(total or 0),
+        return JobProgress(job_id=job_id, status=str(status), total=int(total or 0),
                            processed=int(processed or 0), skipped=int(skipped or 0),
                            summary=json.loads(summary) if summary else None)

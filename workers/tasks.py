@@ -35,7 +35,7 @@ from celery.result import AsyncResult
 import celeryconfig
 from inference.bundle import read_bundle
 from inference.dicom_read import ReadOptions
-from inference.errors import CxrError
+from inference.errors import CxrError, register_interrupt
 from inference.pipeline import analyse_file, process_file
 from inference.predict import Predictor, configure_tensorflow
 from workers.app import app
@@ -46,6 +46,7 @@ from workers.jobs import JobStore
 log = logging.getLogger(__name__)
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+register_interrupt(SoftTimeLimitExceeded)  # a slow file is a timeout, not a decode error
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 

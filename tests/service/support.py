@@ -1,0 +1,76 @@
+"""Helpers shared by the service tests (processes, inputs, polling)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REDIS_TEST_URL = "redis://127.0.0.1:6379/12"
+
+SECRET = "test-secret-" + "x" * 40
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_env(redis_url: str = REDIS_TEST_URL, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, REDIS_URL=redis_url, TF_CPP_MIN_LOG_LEVEL="2", CXR_TF_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A ``celery worker`` subprocess; ``stop`` sends SIGTERM (warm shutdown), then SIGKILL."""
+
+    def __init__(self, name: str, log: Path, env: dict[str, str], concurrency: int = 1) -> None:
+        self.name = f"{name}@{os.uname().nodename}"
+        self.log = log
+        cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "inference,celery",
+               "-c", str(concurrency), "-n", self.name, "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+        self.handle = log.open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.handle, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, app: Any, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-3000:]}")
+            replies = app.control.ping(destination=[self.name], timeout=0.5) or []
+            if any(self.name in reply for reply in replies):
+                return
+        raise RuntimeError(f"worker {self.name} not ready after {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.handle.close()
+
+
+
+def copy_inputs(src: Path, dest: Path, names: list[str] | None = None) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.dcm")):
+        if names is None or f.name in names:
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+def wait_for_job(client: Any, auth: dict[str, str], status_url: str, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(status_url, headers=auth).get_json()
+        if body["Data"]["status"] in ("completed", "failed"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"job at {status_url} did not finish in {timeout} s")
