@@ -34,8 +34,9 @@ INFERENCE_QUEUE = "inference"
 DEFAULT_QUEUE = "celery"
 
 #: Hard and soft per-file limits (seconds). A 2k x 2k file takes about 3 s on one CPU core.
+#: The soft limit is clamped to the hard one (Celery refuses soft > hard); 0 disables it.
 task_time_limit = _env_float("CXR_TASK_HARD_LIMIT_S", 300.0)
-task_soft_time_limit = _env_float("CXR_TASK_SOFT_LIMIT_S", min(240.0, task_time_limit * 0.8))
+task_soft_time_limit = min(_env_float("CXR_TASK_SOFT_LIMIT_S", task_time_limit * 0.8), task_time_limit) or None
 #: Must exceed the hard limit plus retry countdowns, or a slow file is delivered twice.
 visibility_timeout = max(_env_float("CXR_VISIBILITY_TIMEOUT_S", 3600.0), task_time_limit * 2 + 60)
 

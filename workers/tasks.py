@@ -101,6 +101,7 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
     except SoftTimeLimitExceeded:
         record = {"path": path, "status": "skipped", "reason": "timeout",
                   "detail": f"soft time limit of {app.conf.task_soft_time_limit:g} s exceeded"}
+        log.warning("file %d of job %s: soft time limit exceeded", index, job_id)
     record.update(index=index, worker=self.request.hostname)
     job_store().record_file(job_id, index, record)
     return {"index": index, "status": record["status"]}

@@ -1,0 +1,82 @@
+"""A file over the per-file time limit becomes a ``timeout`` skip and the job completes.
+
+Two ways a limit fires, each against its own real worker (in Redis database 14, so the
+tight limits never touch other tests' tasks):
+
+* soft limit first: ``SoftTimeLimitExceeded`` is raised inside the task, which reports
+  the skip itself;
+* hard limit only (soft limit disabled): the child process is killed, the task cannot
+  report, the chord fails, and the callback's error hook finalises the job, naming the
+  file from its task's stored state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.service.support import SECRET, WorkerProcess, worker_env
+
+LIMITS_DB_URL = "redis://127.0.0.1:6379/14"
+
+
+@pytest.fixture(scope="module")
+def slow_and_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2048-pixel JPEG 2000 file (seconds of work) and a 256-pixel one (a fraction of a second)."""
+    from inference.phantom_dicom import write_phantoms
+
+    root = tmp_path_factory.mktemp("limits")
+    big, small = root / "big", root / "small"
+    write_phantoms(big, 1, seed=99, size=2048, compression="j2k")
+    write_phantoms(small, 1, seed=98, size=256, compression="none")
+    inp = root / "in"
+    inp.mkdir()
+    next(big.glob("*.dcm")).rename(inp / "a-slow.dcm")
+    next(small.glob("*.dcm")).rename(inp / "b-fast.dcm")
+    return root
+
+
+@pytest.fixture(params=["soft", "hard"])
+def limited(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            slow_and_fast: Path) -> Iterator[tuple[str, Any]]:
+    from api import create_app
+
+    limits = {"soft": {"CXR_TASK_SOFT_LIMIT_S": "1.0", "CXR_TASK_HARD_LIMIT_S": "60"},
+              "hard": {"CXR_TASK_SOFT_LIMIT_S": "0", "CXR_TASK_HARD_LIMIT_S": "1.5"}}[request.param]
+    client = redis.Redis.from_url(LIMITS_DB_URL)
+    client.flushdb()
+    app = create_app({"REDIS_URL": LIMITS_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(slow_and_fast),
+                      "CXR_BULK_WAIT_S": 120.0, "CXR_POLL_INTERVAL_S": 0.1})
+    worker = WorkerProcess(f"limits-{request.param}", tmp_path_factory.mktemp("logs") / "w.log",
+                           worker_env(LIMITS_DB_URL, **limits))
+    try:
+        worker.wait_ready(app.extensions["cxr_celery"])
+        yield request.param, app
+    finally:
+        worker.stop()
+        client.flushdb()
+
+
+def test_time_limit_becomes_a_timeout_skip(limited: tuple[str, Any], slow_and_fast: Path) -> None:
+    from api.auth import issue_token
+
+    kind, app = limited
+    response = app.test_client().post(
+        "/bulk_inference", headers={"Authorization": issue_token(app, "limits")},
+        json={"input_folder_path": str(slow_and_fast / "in"), "output_folder_path": str(slow_and_fast / kind)})
+    assert response.status_code == 200, response.get_json()
+    summary = response.get_json()["Data"]
+    assert summary["status"] == "completed"
+    assert summary["total"] == 2
+    assert summary["processed"] == 1
+    assert [Path(p).name for p in summary["outputs"]] == ["b-fast.dcm"]
+    [skip] = summary["skipped"]
+    assert Path(skip["path"]).name == "a-slow.dcm"
+    assert skip["reason"] == "timeout"
+    assert skip["detail"].startswith({"soft": "soft time limit of 1 s", "hard": "hard time limit of 1.5 s"}[kind])
+    folders = [p.name for p in (slow_and_fast / kind).iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 1  # the slow file published nothing
