@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 test: venv
 	$(PY) -m pytest -q
 
-# Until the HTTP service lands, `make run` runs the engine in-process on a demo
-# folder of phantoms it prepares on first run, and says where the outputs are.
-run: demo
+# `make run` starts the whole stack (API, Celery worker, Flower; Redis too if none
+# answers), prints URLs, a token command and a curl line, and stops it all on Ctrl-C.
+run: venv
+	$(PY) -m cxr.stack
 
+# In-process, no service: `cxr infer` on a demo folder of phantoms prepared on first run.
 demo: venv
 	@test -f $(DEMO_DIR)/phantoms.json || $(VENV)/bin/cxr phantoms $(DEMO_DIR) --count 6 --size 1024
 	$(VENV)/bin/cxr infer $(DEMO_DIR) $(DEMO_OUT)
@@ -43,7 +45,7 @@ bench: venv
 	$(PY) -m bench.stages
 
 typecheck: venv
-	$(VENV)/bin/mypy inference reports
+	$(VENV)/bin/mypy inference reports api workers cxr celeryconfig.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

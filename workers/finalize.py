@@ -83,10 +83,10 @@ def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], Tas
     })
     summary["workers"] = sorted({r["worker"] for r in ordered if r.get("worker")})
     output_root = Path(meta["output"])
-    path = summary_path(output_root, job_id)
-    summary["summary_file"] = str(path)
+    summary_file = summary_path(output_root, job_id)
+    summary["summary_file"] = str(summary_file)
     try:
-        write_summary_file(path, summary)
+        write_summary_file(summary_file, summary)
     except OSError as exc:
         summary["summary_file"] = None
         log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, exc.strerror)

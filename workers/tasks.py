@@ -44,6 +44,7 @@ from workers.finalize import TaskOutcome, finalize_job
 from workers.jobs import JobStore
 
 log = logging.getLogger(__name__)
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # fpdf2's font subsetting chatters at INFO
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 register_interrupt(SoftTimeLimitExceeded)  # a slow file is a timeout, not a decode error
@@ -82,9 +83,16 @@ def _warmup_image() -> Any:
 
 
 @signals.worker_init.connect
-def _check_bundle(**_: Any) -> None:
+def _prepare_worker(sender: Any = None, **_: Any) -> None:
+    """Main process, before the fork: check the bundle, share the cores among children."""
     bundle = read_bundle()  # raises BundleError: the worker refuses to start
     log.info("model bundle %s verified", bundle.identity())
+    concurrency = int(getattr(sender, "concurrency", 0) or 1)
+    if not os.environ.get("CXR_TF_THREADS", "").strip():
+        # N children each sizing TensorFlow to every core would oversubscribe the CPU.
+        threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
+        os.environ["CXR_TF_THREADS"] = str(threads)
+    log.info("%d worker processes, %s TensorFlow threads each", concurrency, os.environ["CXR_TF_THREADS"])
 
 
 @signals.worker_process_init.connect

@@ -68,7 +68,7 @@ def test_mixed_folder_completes_with_every_file_accounted_for(client: Any, auth:
     assert summary["superseded"] == []
     assert summary["workers"] == [worker.name]
 
-    assert set(Path(p).name for p in summary["outputs"]) == {"phantom_777_00000.dcm", "phantom_777_00001.dcm",
+    assert {Path(p).name for p in summary["outputs"]} == {"phantom_777_00000.dcm", "phantom_777_00001.dcm",
                                                             "rg1.DCM"}
     for src, folder in summary["outputs"].items():
         doc = _assert_patient_folder(Path(folder))
@@ -166,7 +166,7 @@ def test_two_workers_share_a_job_and_one_patient_folder_stays_whole(
     summary = _bulk(client, auth, inp, out).get_json()["Data"]
     assert summary["processed"] == 8
     assert sorted(summary["workers"]) == sorted([worker.name, second_worker.name])
-    winner = str(inp / sorted(src.glob("*.dcm"))[-1].name)  # latest acquisition time
+    winner = str(inp / max(src.glob("*.dcm")).name)  # latest acquisition time
     assert len(summary["superseded"]) == 7
     assert {s["kept"] for s in summary["superseded"]} == {winner}
     folders = [p for p in out.iterdir() if not p.name.startswith(".")]

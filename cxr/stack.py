@@ -1,0 +1,337 @@
+"""``make run``: start the whole CXR Engine stack on this machine, and stop all of it.
+
+Why: the service is several processes (gunicorn serving the API, a Celery worker holding
+the model, Flower, and Redis between them). A newcomer should get all of them, a token
+and a working ``curl`` line from one command, and get every process back with one Ctrl-C.
+
+1. Redis: ``REDIS_URL``; else one answering on 127.0.0.1:6379; else a private
+   ``redis-server`` (from PATH) on a free port, stopped last.
+2. Secrets: a JWT secret file ``<var>/run/jwt-secret`` made on first use and kept, unless
+   CXR_JWT_SECRET(_FILE) is set; Flower credentials per run unless FLOWER_BASIC_AUTH is.
+3. Demo data: 6 phantoms in ``<var>/demo-input`` (once); CXR_DATA_ROOTS defaults to ``<var>``.
+4. gunicorn, the Celery worker and Flower, each in its own session and process group,
+   logging to ``<var>/run/logs/<name>.log``; ready when /ping, /health (a worker answers)
+   and Flower's /healthcheck answer.
+5. A banner (URLs, logs, a token command, one curl line), then it waits. SIGINT or SIGTERM
+   stops each group (worker first so it hands back its tasks, private Redis last) and
+   exits 0; a child that dies stops the rest and exits 1, naming it.
+
+Settings: CXR_HOST, CXR_PORT, CXR_API_WORKERS, CXR_API_THREADS, CXR_WORKER_CONCURRENCY,
+FLOWER_PORT, CXR_VAR_DIR. It never imports TensorFlow; ``api`` only to issue a token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger("cxr.stack")
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+STOP_ORDER = ("worker", "api", "flower", "redis")
+STOP_GRACE_S = 20.0
+READY_TIMEOUT_S = 120.0
+
+
+class Shutdown(Exception):
+    """Raised by the SIGINT/SIGTERM handler to leave whatever the launcher is doing.
+
+    While ``defer`` is set (a child is being started) the handler only notes the signal
+    in ``pending``; ``Stack.start`` raises it once the child is recorded.
+    """
+
+    defer = False
+    pending = ""
+
+
+class StackError(Exception):
+    """A start-up problem the user must fix; the message says what to do."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    logs: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log_path = self.logs / f"{name}.log"
+        Shutdown.defer = True  # not a blocked signal mask around Popen: the child would inherit it
+        try:
+            with open(log_path, "ab") as out:  # the child keeps its own descriptor
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True)
+            self.children.append(Child(name, proc, log_path))
+        finally:
+            Shutdown.defer = False
+        if Shutdown.pending:
+            raise Shutdown(Shutdown.pending)
+        log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
+
+    def first_dead(self) -> Child | None:
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+    def stop(self) -> None:
+        for child in sorted(self.children, key=lambda c: STOP_ORDER.index(c.name)):
+            stop_group(child)
+        self.children.clear()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_group(child: Child) -> None:
+    """SIGTERM the child's process group, wait up to STOP_GRACE_S for all of it, then SIGKILL."""
+    pgid = child.proc.pid  # start_new_session: the child leads its own group
+    for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + grace
+        while (child.proc.poll() is None or group_alive(pgid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if child.proc.poll() is not None and not group_alive(pgid):
+            log.info("stopped %s", child.name)
+            return
+        if sig == signal.SIGTERM:
+            log.warning("%s did not stop within %.0f s; killing it", child.name, grace)
+    log.error("%s (process group %d) is still there after SIGKILL", child.name, pgid)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_answers(url: str, timeout: float) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_until(what: str, check: Callable[[], bool], stack: Stack, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll ``check`` until true; a child that exits meanwhile, or the deadline, fails."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if (dead := stack.first_dead()) is not None:
+            raise StackError(f"{dead.name} exited (status {dead.proc.returncode}) while waiting for {what}; "
+                             f"last lines of {dead.log_path}:\n{tail(dead.log_path)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+    log.info("%s: ready", what)
+
+
+def resolve_redis(state: Path, stack: Stack, env: dict[str, str]) -> str:
+    if url := os.environ.get("REDIS_URL", "").strip():
+        if not redis_answers(url, timeout=3.0):
+            raise StackError(f"REDIS_URL={url} does not answer PING; start that Redis or unset REDIS_URL")
+        return url
+    if redis_answers(LOCAL_REDIS, timeout=1.0):
+        return LOCAL_REDIS
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("no Redis: set REDIS_URL, run Redis on 127.0.0.1:6379, or install redis-server "
+                         "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)")
+    (state / "redis").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    stack.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                          "--appendonly", "no", "--dir", str(state / "redis")], env)
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until("private Redis", lambda: redis_answers(url, timeout=1.0), stack, timeout=15.0)
+    return url
+
+
+def local_secret_file(state: Path) -> Path | None:
+    """``<state>/jwt-secret`` (made, mode 0600, on first use), or None when the env has a secret."""
+    if os.environ.get("CXR_JWT_SECRET") or os.environ.get("CXR_JWT_SECRET_FILE"):
+        return None
+    path = state / "jwt-secret"
+    if not path.exists():
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        log.info("generated a JWT secret for local use in %s (kept for later runs)", path)
+    return path
+
+
+def ensure_phantoms(folder: Path, size: int) -> None:
+    if (folder / "phantoms.json").is_file():
+        return
+    log.info("writing 6 demo phantoms (%d px) to %s", size, folder)
+    done = subprocess.run([sys.executable, "-m", "cxr", "phantoms", str(folder), "--count", "6",
+                           "--size", str(size), "--quiet"], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StackError(f"cxr phantoms failed:\n{done.stdout}{done.stderr}")
+
+
+def issue_demo_token(env: dict[str, str]) -> str:
+    """The one place that imports ``api`` (Flask and Celery; never TensorFlow)."""
+    os.environ.update({k: env[k] for k in ("REDIS_URL", "CXR_JWT_SECRET_FILE", "CXR_DATA_ROOTS") if k in env})
+    from api import create_app
+    from api.auth import issue_token
+    from api.config import ConfigError
+
+    try:
+        return issue_token(create_app(), "make-run-demo", days=1)
+    except ConfigError as exc:
+        raise StackError(f"cannot issue the demo token: {exc}") from None
+
+
+def banner(*, api: str, flower: str, auth: str, redis_url: str, private: bool, logs: Path,
+           secret_file: Path | None, token: str, demo_in: Path, demo_out: Path) -> str:
+    """What the user needs, every command ready to paste (the test runs the curl line)."""
+    user, _, password = auth.split(",")[0].partition(":")
+    shown = "from FLOWER_BASIC_AUTH" if "FLOWER_BASIC_AUTH" in os.environ else f"{password} (generated for this run)"
+    cli = Path(sys.executable).parent / "cxr"
+    cli_cmd = shlex.quote(str(cli)) if cli.exists() else f"{shlex.quote(sys.executable)} -m cxr"
+    prefix = f"CXR_JWT_SECRET_FILE={shlex.quote(str(secret_file))} " if secret_file else ""
+    body = json.dumps({"input_folder_path": str(demo_in), "output_folder_path": str(demo_out)})
+    rule = "=" * 72
+    return "\n".join([
+        rule,
+        "CXR Engine is running. Ctrl-C stops everything it started.",
+        f"  API:     {api}",
+        f"  Flower:  {flower}  user {user}, password {shown}",
+        f"  Redis:   {redis_url}" + (" (private, stops with the stack)" if private else ""),
+        f"  Logs:    {logs}/{{api,worker,flower{',redis' if private else ''}}}.log",
+        f"  Token:   {prefix}REDIS_URL={shlex.quote(redis_url)} {cli_cmd} token issue --subject you",
+        f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
+        (f"curl -sS -X POST {api}/bulk_inference -H 'Content-Type: application/json' "
+         f"-H {shlex.quote('Authorization: ' + token)} -d {shlex.quote(body)}"),
+        "  The demo model is trained on synthetic images only: it is NOT FOR CLINICAL USE.",
+        rule,
+    ])
+
+
+def run(var: Path, demo_size: int) -> int:
+    state, demo_in, demo_out = var / "run", var / "demo-input", var / "demo-output"
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    host = os.environ.get("CXR_HOST", "127.0.0.1")
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    api_port, flower_port = int(os.environ.get("CXR_PORT", "8500")), int(os.environ.get("FLOWER_PORT", "5555"))
+    api, flower = f"http://{client_host}:{api_port}", f"http://{client_host}:{flower_port}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    stack = Stack(logs)
+    try:
+        env["REDIS_URL"] = redis_url = resolve_redis(state, stack, env)
+        if secret_file := local_secret_file(state):
+            env["CXR_JWT_SECRET_FILE"] = str(secret_file)
+        auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
+        if not env.get("CXR_DATA_ROOTS", "").strip():
+            env["CXR_DATA_ROOTS"] = str(var)
+        ensure_phantoms(demo_in, demo_size)
+
+        py = sys.executable
+        stack.start("worker", [py, "-m", "celery", "-A", "workers.app", "worker", "-Q", "inference,celery",
+                               "-c", os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)),
+                               "-n", "cxr-worker@%h", "--loglevel=INFO"], env)
+        # gunicorn >= 25.1 makes a control socket (~/.gunicorn/gunicorn.ctl) unless told not to.
+        stack.start("api", [py, "-m", "gunicorn", "-b", f"{host}:{api_port}",
+                            "--worker-class", "gthread", "--threads", os.environ.get("CXR_API_THREADS", "8"),
+                            "--workers", os.environ.get("CXR_API_WORKERS", "2"), "--timeout", "120",
+                            "--no-control-socket", "--access-logfile", "-", "api:create_app()"], env)
+        # The password reaches Flower as its own FLOWER_BASIC_AUTH setting, so `ps` never shows it.
+        stack.start("flower", [py, "-m", "celery", f"--broker={redis_url}", "flower", f"--port={flower_port}",
+                               f"--address={host}"], dict(env, FLOWER_BASIC_AUTH=auth))
+
+        token = issue_demo_token(env)
+        wait_until("API /ping", lambda: http_status(f"{api}/ping") == 200, stack)
+        wait_until("a worker (GET /health)", lambda: http_status(f"{api}/health", {"Authorization": token}) == 200,
+                   stack)
+        wait_until("Flower /healthcheck", lambda: http_status(f"{flower}/healthcheck") == 200, stack)
+        if not any(demo_in.resolve().is_relative_to(os.path.realpath(r.strip()))
+                   for r in env["CXR_DATA_ROOTS"].split(os.pathsep) if r.strip()):
+            log.warning("%s is outside CXR_DATA_ROOTS: the demo request below will be refused", demo_in)
+        print(banner(api=api, flower=flower, auth=auth, redis_url=redis_url, logs=logs,
+                     private=any(c.name == "redis" for c in stack.children), secret_file=secret_file, token=token, demo_in=demo_in, demo_out=demo_out),
+              flush=True)
+
+        while (dead := stack.first_dead()) is None:
+            time.sleep(0.5)
+        log.error("%s exited (status %s); stopping the rest. Last lines of %s:\n%s",
+                  dead.name, dead.proc.returncode, dead.log_path, tail(dead.log_path))
+        return 1
+    except Shutdown as exc:
+        log.info("%s received: stopping", exc)
+        return 0
+    except StackError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        stack.stop()
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    if not Shutdown.defer:
+        raise Shutdown(signal.Signals(signum).name)
+    Shutdown.pending = signal.Signals(signum).name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxr.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("--var", default=os.environ.get("CXR_VAR_DIR", "var"),
+                        help="folder for demo-input, demo-output and run/ (default: $CXR_VAR_DIR or var)")
+    parser.add_argument("--demo-size", type=int, default=1024, help="demo phantom size in pixels (default 1024)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+    return run(Path(args.var).absolute(), args.demo_size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""``python -m cxr.stack`` as ``make run`` starts it: the whole stack as real processes.
+
+The launcher is run as a user would: its banner is read from stdout, the curl line it
+prints is executed as printed, Flower is asked with and without the printed password,
+and after SIGTERM nothing it started may still run or listen. Redis DB 13 is this
+test's own (the service tests use 12 and 14) and is flushed at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/13"
+BANNER_TIMEOUT_S = 50.0
+STOP_TIMEOUT_S = 40.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel had free just now (all held open together, so they differ)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def http_status(url: str, auth: str | None = None) -> int:
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def leftovers(marks: list[str]) -> dict[int, str]:
+    """Processes (not this one) whose command line or environment holds any of ``marks``."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if any(mark in cmdline or mark in environ for mark in marks):
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    api_port, flower_port = free_ports(2)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CXR_JWT_SECRET", "CXR_JWT_SECRET_FILE", "CXR_DATA_ROOTS", "FLOWER_BASIC_AUTH",
+                        "CXR_HOST", "CXR_VAR_DIR")}
+    env.update(REDIS_URL=REDIS_URL, CXR_PORT=str(api_port), FLOWER_PORT=str(flower_port),
+               CXR_WORKER_CONCURRENCY="1", CXR_API_WORKERS="1", CXR_TF_THREADS="1", PYTHONUNBUFFERED="1")
+    stderr_path = tmp_path / "launcher.stderr"
+    marks = [str(tmp_path), f"127.0.0.1:{api_port}", f"--port={flower_port}"]
+    lines: queue.Queue[str | None] = queue.Queue()
+    started = time.monotonic()
+
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "cxr.stack", "--var", str(tmp_path), "--demo-size", "256"],
+                                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, start_new_session=True)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def diagnostics() -> str:
+        logs = "".join(f"\n--- {p.name} (tail) ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                       for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
+        return f"\n--- launcher stderr ---\n{stderr_path.read_text(errors='replace')}{logs}"
+
+    try:
+        # 1. The banner: everything between the two rules, read within the time limit.
+        banner: list[str] = []
+        rules = 0
+        deadline = time.monotonic() + BANNER_TIMEOUT_S
+        while rules < 2:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"step 1 (banner): not complete after {BANNER_TIMEOUT_S:.0f} s; "
+                                     f"got {banner}{diagnostics()}") from None
+            assert line is not None, f"step 1 (banner): launcher exited {proc.wait()} first{diagnostics()}"
+            rules += line.startswith("====")
+            banner.append(line)
+        text = "\n".join(banner)
+        assert "NOT FOR CLINICAL USE" in text, f"step 1 (banner): no clinical-use warning in\n{text}"
+        assert f"CXR_JWT_SECRET_FILE={tmp_path / 'run' / 'jwt-secret'}" in text, \
+            f"step 1 (banner): the token command does not name the generated secret\n{text}"
+        assert (tmp_path / "run" / "jwt-secret").stat().st_mode & 0o777 == 0o600, "step 1: jwt-secret is not 0600"
+
+        # 2. The curl line, run exactly as printed.
+        curl = [line for line in banner if line.startswith("curl ")]
+        assert len(curl) == 1, f"step 2 (curl): expected one curl line in\n{text}"
+        done = subprocess.run(shlex.split(curl[0]), capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"step 2 (curl): exit {done.returncode}: {done.stderr}{diagnostics()}"
+        try:
+            answer = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"step 2 (curl): not JSON: {done.stdout!r}{diagnostics()}") from None
+        assert answer["Result"] == "Success", f"step 2 (curl): {answer}{diagnostics()}"
+        assert answer["Data"]["status"] == "completed", f"step 2 (curl): {answer}"
+        assert answer["Data"]["processed"] == 6, f"step 2 (curl): {answer}"
+
+        # 3. Flower: refused without the printed credentials, served with them.
+        match = re.search(r"Flower:\s+(\S+)\s+user (\S+), password (\S+)", text)
+        assert match, f"step 3 (flower): no Flower line in\n{text}"
+        flower_url, user, password = match.groups()
+        assert http_status(flower_url + "/") == 401, "step 3 (flower): answered without credentials"
+        assert http_status(flower_url + "/", f"{user}:{password}") == 200, \
+            f"step 3 (flower): printed credentials refused{diagnostics()}"
+
+        # 4. SIGTERM: the launcher stops everything and exits 0.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"step 4 (stop): still running {STOP_TIMEOUT_S:.0f} s after SIGTERM"
+                                 f"{diagnostics()}") from None
+        assert code == 0, f"step 4 (stop): exit status {code}{diagnostics()}"
+        assert refuses(api_port), f"step 4 (stop): API port {api_port} still accepts connections"
+        assert refuses(flower_port), f"step 4 (stop): Flower port {flower_port} still accepts connections"
+        left = leftovers(marks)
+        assert not left, f"step 4 (stop): processes left behind: {left}"
+        print(f"stack test: {time.monotonic() - started:.1f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for pid in leftovers(marks):  # the launcher's children live in their own process groups
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        client = redis.Redis.from_url(REDIS_URL)
+        client.flushdb()
+        client.close()
