@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -175,7 +176,7 @@ def service_job(folder: Path, out: Path, env: dict[str, str], concurrency: int, 
     summary = answer["Data"]
     return {"wall_s": round(wall, 2), "files_per_s": round(summary["total"] / wall, 3),
             "processed": summary["processed"], "skipped": len(summary["skipped"]),
-            "api_rss": rss, "callback_wall_s": summary["timings"].get("wall_s")}
+            "api_rss": rss, "job_wall_s": summary["timings"].get("wall_s")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,11 @@
 
 The API calls ``send_bulk_job``: one ``cxr.infer_file`` signature per file on the
 ``inference`` queue, and ``cxr.finalize_job`` as the callback on the default queue, with
-``cxr.chord_failed`` as the callback's error hook. Every id is chosen here, before
-anything is sent: the job id is the chord's group id, file ``i``'s task id is
-``<job_id>-<i>`` and the callback's is ``<job_id>-finalize``, so the callback can look up
-how any file's task ended without a saved ``GroupResult`` (saving one would route the
-chord through Celery's slower join path). Only ids, paths and the layout travel
+``cxr.chord_failed`` as the callback's error hook. The task ids are chosen here, before
+anything is sent: file ``i``'s is ``<job_id>-<i>`` and the callback's
+``<job_id>-finalize``, so the callback can look up how any file's task ended without a
+saved ``GroupResult`` (saving one would route the chord through Celery's slower join
+path). The group id is Celery's own (a chord unwraps the header group it is given). Only ids, paths and the layout travel
 through the broker.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from celery import Celery, chord, group
+from celery import Celery, chord
 
 from workers.app import DEFAULT_QUEUE, INFERENCE_QUEUE
 
@@ -33,7 +33,7 @@ def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, l
     body = app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
                          task_id=f"{job_id}-finalize")
     body.link_error(app.signature("cxr.chord_failed", kwargs={"job_id": job_id}))
-    chord(group(header, app=app).set(task_id=job_id), app=app)(body, task_id=f"{job_id}-finalize")
+    chord(header, app=app)(body, task_id=f"{job_id}-finalize")
 
 
 def send_single(app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None,

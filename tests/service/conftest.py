@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 import redis
 
-from tests.service.support import REDIS_TEST_URL, SECRET, WorkerProcess, worker_env
+from tests.service.support import (
+    REDIS_TEST_URL,
+    SECRET,
+    WorkerProcess,
+    running_worker,
+    worker_env,
+)
 
 os.environ["REDIS_URL"] = REDIS_TEST_URL  # before anything imports celeryconfig
 
@@ -63,23 +69,15 @@ def auth(token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def worker(app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    w = WorkerProcess("w1", tmp_path_factory.mktemp("logs") / "w1.log", worker_env())
-    try:
-        w.wait_ready(app.extensions["cxr_celery"])
+    with running_worker("w1", app, tmp_path_factory.mktemp("logs") / "w1.log", worker_env()) as w:
         yield w
-    finally:
-        w.stop()
 
 
 @pytest.fixture(scope="session")
 def second_worker(worker: WorkerProcess, app: Any,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    w = WorkerProcess("w2", tmp_path_factory.mktemp("logs") / "w2.log", worker_env())
-    try:
-        w.wait_ready(app.extensions["cxr_celery"])
+    with running_worker("w2", app, tmp_path_factory.mktemp("logs") / "w2.log", worker_env()) as w:
         yield w
-    finally:
-        w.stop()
 
 
 @pytest.fixture(scope="session")

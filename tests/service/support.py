@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,17 @@ class WorkerProcess:
                 self.proc.wait(10)
         self.handle.close()
 
+
+
+@contextmanager
+def running_worker(name: str, app: Any, log: Path, env: dict[str, str]) -> Iterator[WorkerProcess]:
+    """A worker that answers pings before the block starts, and is stopped after it."""
+    worker = WorkerProcess(name, log, env)
+    try:
+        worker.wait_ready(app.extensions["cxr_celery"])
+        yield worker
+    finally:
+        worker.stop()
 
 
 def copy_inputs(src: Path, dest: Path, names: list[str] | None = None) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.service.support import SECRET, WorkerProcess, worker_env
+from tests.service.support import SECRET, running_worker, worker_env
 
 LIMITS_DB_URL = "redis://127.0.0.1:6379/14"
 
@@ -51,13 +51,11 @@ def limited(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     client.flushdb()
     app = create_app({"REDIS_URL": LIMITS_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(slow_and_fast),
                       "CXR_BULK_WAIT_S": 120.0, "CXR_POLL_INTERVAL_S": 0.1})
-    worker = WorkerProcess(f"limits-{request.param}", tmp_path_factory.mktemp("logs") / "w.log",
-                           worker_env(LIMITS_DB_URL, **limits))
     try:
-        worker.wait_ready(app.extensions["cxr_celery"])
-        yield request.param, app
+        with running_worker(f"limits-{request.param}", app, tmp_path_factory.mktemp("logs") / "w.log",
+                            worker_env(LIMITS_DB_URL, **limits)):
+            yield request.param, app
     finally:
-        worker.stop()
         client.flushdb()
 
 
