@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = _free_port()
     api = _start([str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
-                  "--timeout", "120", "api:create_app()"], env, work / "api.log")
+                  "--timeout", "120", "--no-control-socket", "api:create_app()"], env, work / "api.log")
     try:
         _wait_until(lambda: _http("GET", f"http://127.0.0.1:{port}/ping", timeout=2)["status"] == "ok", 60, "API")
         sys.path.insert(0, str(ROOT))

@@ -28,7 +28,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/13"
-BANNER_TIMEOUT_S = 50.0
+BANNER_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 40.0
 
 
