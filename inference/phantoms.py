@@ -40,19 +40,8 @@ import numpy as np
 from inference.labels import LABELS
 
 #: Conditions whose signature sits at one place; pointing accuracy is scored on these.
-LOCALIZED: frozenset[str] = frozenset(
-    {
-        "Tuberculosis",
-        "Cardiomegaly",
-        "Pleural Thickening",
-        "Pleural Effusion",
-        "Pneumothorax",
-        "Consolidation",
-        "Atelectasis",
-        "Nodule/Mass",
-        "Calcification",
-    }
-)
+#: Fibrosis and Infiltration are drawn as diffuse patterns, so they have no one place.
+LOCALIZED: frozenset[str] = frozenset(LABELS) - {"Fibrosis", "Infiltration"}
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1, normalised
 
