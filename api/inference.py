@@ -58,7 +58,8 @@ def single_inference() -> Any:
     patient_id = patient_id_field(body)
     if not image.exists():
         raise ApiError(400, f"Input image path does not exist: {raw_input}")
-    if not image.is_file() or not image.name.lower().endswith(".dcm"):
+    # The extension rule applies to the name the client sent, not to a symlink's target.
+    if not image.is_file() or not str(raw_input).lower().endswith(".dcm"):
         raise ApiError(400, f"Requested image is not a DICOM file: {raw_input}")
     if output is not None:
         make_output_folder(output, str(raw_output))
