@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 
+from workers.backend import backend_url
+
 
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
@@ -43,7 +45,7 @@ visibility_timeout = max(_env_float("CXR_VISIBILITY_TIMEOUT_S", 3600.0), task_ti
 broker_url = REDIS_URL
 # The producer-side backend never subscribes to result channels: the API polls job
 # records instead (see workers.backend).
-result_backend = f"workers.backend:QuietRedisBackend+{REDIS_URL}"
+result_backend = backend_url(REDIS_URL)
 
 broker_transport_options = {
     "visibility_timeout": visibility_timeout,

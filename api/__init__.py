@@ -38,10 +38,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     store = JobStore.from_url(app.config["REDIS_URL"], retries=2)
-    celery = create_celery_app()
-    celery.conf.update(broker_url=app.config["REDIS_URL"],
-                       result_backend=f"workers.backend:QuietRedisBackend+{app.config['REDIS_URL']}",
-                       broker_connection_timeout=3.0, broker_connection_max_retries=1)
+    celery = create_celery_app(app.config["REDIS_URL"])
+    celery.conf.update(broker_connection_timeout=3.0, broker_connection_max_retries=1)
     app.extensions["cxr_jobs"] = store
     app.extensions["cxr_redis"] = store.client
     app.extensions["cxr_celery"] = celery

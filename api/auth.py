@@ -11,6 +11,7 @@ wrong or ``none`` algorithm, not yet valid, revoked).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -45,21 +46,13 @@ def init_auth(app: Flask) -> JWTManager:
         if value[:7].lower() == "bearer ":
             request.environ["HTTP_AUTHORIZATION"] = value[7:].strip()
 
-    @manager.unauthorized_loader
-    def _missing(_: str) -> Any:
-        return envelope(401, "Token missing", result="Failure")
+    def refuse(message: str) -> Callable[..., Any]:
+        return lambda *_: envelope(401, message, result="Failure")
 
-    @manager.expired_token_loader
-    def _expired(_header: dict[str, Any], _payload: dict[str, Any]) -> Any:
-        return envelope(401, "Token expired", result="Failure")
-
-    @manager.invalid_token_loader
-    def _invalid(_: str) -> Any:
-        return envelope(401, "Invalid token", result="Failure")
-
-    @manager.revoked_token_loader
-    def _revoked(_header: dict[str, Any], _payload: dict[str, Any]) -> Any:
-        return envelope(401, "Invalid token", result="Failure")
+    manager.unauthorized_loader(refuse("Token missing"))
+    manager.expired_token_loader(refuse("Token expired"))
+    manager.invalid_token_loader(refuse("Invalid token"))
+    manager.revoked_token_loader(refuse("Invalid token"))
 
     @manager.token_in_blocklist_loader
     def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:

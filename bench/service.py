@@ -19,8 +19,6 @@ import json
 import os
 import platform
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +28,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cxr.stack import Child, free_port, stop_group
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_kib(pid: int) -> int:
@@ -79,19 +73,10 @@ class RssSampler(threading.Thread):
         return {"peak_mib": round(max(mib), 1), "mean_mib": round(sum(mib) / len(mib), 1), "samples": len(mib)}
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+def _start(name: str, cmd: list[str], env: dict[str, str], log: Path) -> Child:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return Child(name, proc, log)
 
 
 def _http(method: str, url: str, token: str | None = None, body: Any = None, timeout: float = 3600) -> Any:
@@ -144,8 +129,8 @@ def cli_infer(folder: Path, out: Path, env: dict[str, str]) -> dict[str, float]:
 
 def service_job(folder: Path, out: Path, env: dict[str, str], concurrency: int, logs: Path,
                 api_port: int, api_pid: int, token: str) -> dict[str, Any]:
-    worker = _start([str(BIN / "celery"), "-A", "workers.app", "worker", "-Q", "inference,celery",
-                     "-c", str(concurrency), "-n", f"bench{concurrency}@%h", "--loglevel=WARNING"],
+    worker = _start("worker", [str(BIN / "celery"), "-A", "workers.app", "worker", "-Q", "inference,celery",
+                               "-c", str(concurrency), "-n", f"bench{concurrency}@%h", "--loglevel=WARNING"],
                     env, logs / f"worker-c{concurrency}.log")
     try:
         base = f"http://127.0.0.1:{api_port}"
@@ -172,7 +157,7 @@ def service_job(folder: Path, out: Path, env: dict[str, str], concurrency: int, 
         wall = time.perf_counter() - t
         rss = sampler.result()
     finally:
-        _stop(worker)
+        stop_group(worker)
     summary = answer["Data"]
     return {"wall_s": round(wall, 2), "files_per_s": round(summary["total"] / wall, 3),
             "processed": summary["processed"], "skipped": len(summary["skipped"]),
@@ -205,21 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     results["cli_infer"] = cli_infer(folder, work / "cli-out", env)
     results["in_process"] = in_process(files, work / "inproc-out")
 
-    port = _free_port()
-    api = _start([str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
+    port = free_port()
+    api = _start("api", [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
                   "--timeout", "120", "--no-control-socket", "api:create_app()"], env, work / "api.log")
     try:
         _wait_until(lambda: _http("GET", f"http://127.0.0.1:{port}/ping", timeout=2)["status"] == "ok", 60, "API")
-        sys.path.insert(0, str(ROOT))
         os.environ.update(CXR_JWT_SECRET=secret, REDIS_URL=args.redis_url)
         from api import create_app
         from api.auth import issue_token
 
         token = issue_token(create_app({"CXR_DATA_ROOTS": str(work)}), "bench")
         for c in (1, 2):
-            results[f"service_c{c}"] = service_job(folder, work / f"svc-c{c}", env, c, work, port, api.pid, token)
+            results[f"service_c{c}"] = service_job(folder, work / f"svc-c{c}", env, c, work, port, api.proc.pid,
+                                                   token)
     finally:
-        _stop(api)
+        stop_group(api)
         redis.Redis.from_url(args.redis_url).flushdb()
 
     base = results["in_process"]["files_per_s"]

@@ -75,8 +75,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from inference.bundle import read_bundle
     from inference.dicom_read import ReadOptions
+    from inference.discovery import iter_dicom_files
     from inference.errors import BundleError
-    from inference.pipeline import iter_dicom_files, process_file, summarise
+    from inference.pipeline import process_file, summarise
     from inference.predict import Predictor, configure_tensorflow
 
     src, out = Path(args.path), Path(args.output)
@@ -120,11 +121,11 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     from api.config import ConfigError
 
     try:
-        app = create_app()
+        token = issue_token(create_app(), args.subject, args.days)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(issue_token(app, args.subject, args.days))  # the token alone, for $(cxr token issue ...)
+    print(token)  # the token alone, for $(cxr token issue ...)
     return 0
 
 

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from inference.dicom_read import ReadOptions, read_dicom_image
-from inference.discovery import iter_dicom_files  # noqa: F401  (re-exported for callers)
 from inference.errors import CxrError
 from inference.image import DicomImage
 from inference.predict import Analysis, Predictor

@@ -10,14 +10,18 @@ from __future__ import annotations
 from celery import Celery
 
 import celeryconfig
+from workers.backend import backend_url
 
 INFERENCE_QUEUE = celeryconfig.INFERENCE_QUEUE
 DEFAULT_QUEUE = celeryconfig.DEFAULT_QUEUE
 
 
-def create_celery_app() -> Celery:
+def create_celery_app(redis_url: str | None = None) -> Celery:
+    """The app; ``redis_url`` overrides ``REDIS_URL`` for broker and results (the API's config)."""
     app = Celery("cxr", include=["workers.tasks"])
     app.config_from_object(celeryconfig)
+    if redis_url is not None:
+        app.conf.update(broker_url=redis_url, result_backend=backend_url(redis_url))
     return app
 
 

@@ -21,6 +21,11 @@ from celery.backends.base import SyncBackendMixin
 from celery.backends.redis import RedisBackend
 
 
+def backend_url(redis_url: str) -> str:
+    """The ``result_backend`` setting that selects this backend for ``redis_url``."""
+    return f"workers.backend:QuietRedisBackend+{redis_url}"
+
+
 class QuietRedisBackend(RedisBackend):
     wait_for_pending = SyncBackendMixin.wait_for_pending
     wait_for = SyncBackendMixin.wait_for

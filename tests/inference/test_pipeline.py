@@ -11,10 +11,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pypdf import PdfReader
 
+from inference.discovery import iter_dicom_files
 from inference.labels import LABELS
 from inference.phantom_dicom import PhantomFileSpec, phantom_dataset
 from inference.phantoms import make_phantom
-from inference.pipeline import iter_dicom_files, process_file, summarise
+from inference.pipeline import process_file, summarise
 
 
 def _write_phantom(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cxr.stack import Child, stop_group
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/12"
 
@@ -49,13 +50,7 @@ class WorkerProcess:
         raise RuntimeError(f"worker {self.name} not ready after {timeout} s: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_group(Child(self.name, self.proc, self.log))
         self.handle.close()
 
 

@@ -83,8 +83,7 @@ def test_the_producer_holds_no_result_subscriptions() -> None:
     from workers.app import create_celery_app
     from workers.canvas import send_bulk_job
 
-    app = create_celery_app()
-    app.conf.update(broker_url=IDLE_DB_URL, result_backend=f"workers.backend:QuietRedisBackend+{IDLE_DB_URL}")
+    app = create_celery_app(IDLE_DB_URL)
     client = redis.Redis.from_url(IDLE_DB_URL)
     client.flushdb()
     try:
