@@ -26,8 +26,10 @@ from pathlib import Path
 
 import redis
 
+from tests.service.support import redis_db_url
+
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = redis_db_url(13)
 BANNER_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 40.0
 

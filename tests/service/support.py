@@ -14,7 +14,17 @@ from typing import Any
 
 from cxr.stack import Child, stop_group
 
-REDIS_TEST_URL = "redis://127.0.0.1:6379/12"
+#: The Redis server the tests use; each test module takes its own database number on it
+#: and flushes it. ``CXR_TEST_REDIS`` points a run at another server (two checkouts
+#: testing at once on one machine must not flush each other's databases).
+TEST_REDIS = os.environ.get("CXR_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def redis_db_url(db: int) -> str:
+    return f"{TEST_REDIS}/{db}"
+
+
+REDIS_TEST_URL = redis_db_url(12)
 
 SECRET = "test-secret-" + "x" * 40
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,10 @@ import pytest
 import redis
 
 from workers.finalize import classify_lost_file
+from tests.service.support import redis_db_url
 from workers.jobs import FILES_KEY, JOB_KEY, PATHS_KEY, JobStore
 
-IDLE_DB_URL = "redis://127.0.0.1:6379/15"
+IDLE_DB_URL = redis_db_url(15)
 
 
 @pytest.fixture()

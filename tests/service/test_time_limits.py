@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.service.support import SECRET, running_worker, worker_env
+from tests.service.support import SECRET, redis_db_url, running_worker, worker_env
 
-LIMITS_DB_URL = "redis://127.0.0.1:6379/14"
+LIMITS_DB_URL = redis_db_url(14)
 
 
 @pytest.fixture(scope="module")
