@@ -277,11 +277,8 @@ def run(var: Path, demo_size: int) -> int:
         stack.start("worker", [py, "-m", "celery", "-A", "workers.app", "worker", "-Q", "inference,celery",
                                "-c", os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)),
                                "-n", "cxr-worker@%h", "--loglevel=INFO"], env)
-        # gunicorn >= 25.1 makes a control socket (~/.gunicorn/gunicorn.ctl) unless told not to.
-        stack.start("api", [py, "-m", "gunicorn", "-b", f"{host}:{api_port}",
-                            "--worker-class", "gthread", "--threads", os.environ.get("CXR_API_THREADS", "8"),
-                            "--workers", os.environ.get("CXR_API_WORKERS", "2"), "--timeout", "120",
-                            "--no-control-socket", "--access-logfile", "-", "api:create_app()"], env)
+        stack.start("api", [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+                    dict(env, CXR_HOST=host, CXR_PORT=str(api_port)))
         # The password reaches Flower as its own FLOWER_BASIC_AUTH setting, so `ps` never shows it.
         stack.start("flower", [py, "-m", "celery", f"--broker={redis_url}", "flower", f"--port={flower_port}",
                                f"--address={host}"], dict(env, FLOWER_BASIC_AUTH=auth))
