@@ -81,7 +81,13 @@ def resolve_transfer_syntax(ds: Dataset) -> UID:
     file_meta = getattr(ds, "file_meta", None)
     tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if tsyntax:
-        return UID(str(tsyntax).strip())
+        uid = UID(str(tsyntax).strip("\x00 "))
+        if not uid.is_transfer_syntax:
+            raise DecodeError(
+                f"(0002,0010) Transfer Syntax UID {str(uid)[:64]!r} is not a known "
+                "transfer syntax"
+            )
+        return uid
 
     implicit_vr, little_endian = getattr(ds, "original_encoding", (None, None))
     if implicit_vr is True and little_endian is True:

@@ -20,6 +20,17 @@ Stages run in this order, cheapest first, so a header promising gigabytes is
 refused before anything is decoded: ``load_dataset`` -> ``read_patient_info``
 -> ``check_eligibility`` -> ``decode.decode_first_frame`` ->
 ``build_display_image``.
+
+The header pass does not read large values: ``load_dataset`` parses with
+``defer_size`` (``DEFER_BYTES``), so a defined-length value above 1 MiB, the native
+(7FE0,0010) Pixel Data above all, stays on disk until the decoder asks for it. A
+file whose header promises gigabytes (or which carries a huge private blob) is
+refused having read only its small elements; checks use the *declared* length of
+a deferred value, and a declared length that runs past the end of the file is
+refused as truncated. Encapsulated (compressed) Pixel Data has an undefined length
+and pydicom must scan it to find its end, so it is read during the header pass
+(bounded by the file's size). ``stop_before_pixels`` would not do: it drops the
+pixels the decoder needs, so every file would be parsed twice.
 """
 
 from __future__ import annotations
@@ -82,6 +93,10 @@ SUPPORTED_PHOTOMETRIC = frozenset(
     }
 )
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Defined-length values larger than this are left on disk by the header pass.
+DEFER_BYTES = 1 << 20
+#: Bits Allocated values of integer (7FE0,0010) Pixel Data that pydicom decodes.
+SUPPORTED_BITS_ALLOCATED = frozenset({1, 8, 16, 32})
 
 
 @dataclass(frozen=True)
@@ -169,18 +184,46 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
 
 def _parse(path: str | os.PathLike[str], force: bool) -> Dataset:
     try:
-        return pydicom.dcmread(path, force=force)
+        # A str path: pydicom re-opens it by name to read a deferred value.
+        return pydicom.dcmread(os.fspath(path), force=force, defer_size=DEFER_BYTES)
     except InvalidDicomError:
         if force:
             raise UnreadableDicom(
                 "not DICOM: pydicom cannot parse it even with force=True"
             )
         raise
+    except RecursionError as exc:
+        # Sequences nested deeper than the interpreter's recursion limit (pydicom
+        # parses each level recursively); the stack is unwound by now.
+        raise UnreadableDicom(
+            "sequences nested too deeply to parse (Python recursion limit reached)"
+        ) from exc
     except Exception as exc:  # the parser fails in many ways on arbitrary bytes
         reraise_if_interrupt(exc)
         raise UnreadableDicom(
             f"not parseable as DICOM ({type(exc).__name__}: {summarise_exception(exc)})"
         ) from exc
+
+
+def is_deferred(ds: Dataset, tag: int) -> bool:
+    """True if the value of top-level ``tag`` was left on disk by the header pass."""
+    elem = ds.get_item(tag, keep_deferred=True)
+    return isinstance(elem, RawDataElement) and elem.value is None and elem.length > 0
+
+
+def declared_length(ds: Dataset, keyword: str) -> int | None:
+    """Length in bytes of a top-level element's value without reading a deferred value:
+    the declared length for a raw element, else the converted value's length; ``None``
+    when absent or of undefined length."""
+    if keyword not in ds:
+        return None
+    elem = ds.get_item(keyword, keep_deferred=True)
+    if isinstance(elem, RawDataElement):
+        if elem.length == _UNDEFINED_LENGTH:
+            return None
+        return elem.length if elem.value is None else len(elem.value)
+    value = elem.value
+    return len(value) if isinstance(value, (bytes, bytearray)) else None
 
 
 def is_dicomdir(ds: Dataset) -> bool:
@@ -205,11 +248,12 @@ def find_truncation(ds: Dataset, file_size: int) -> None:
 
     pydicom accepts a value cut short by end of file, and stops quietly when the
     file ends inside an element header. Checks the raw (not yet converted)
-    top-level elements: a value shorter than its declared length, or, when no
+    top-level elements: a value shorter than its declared length (for a deferred
+    value, one whose declared end lies past the end of the file), or, when no
     Pixel Data was read, 1-7 stray bytes after the last element.
     """
     last: tuple[int, RawDataElement] | None = None
-    for elem in ds.elements():
+    for elem in _top_level_elements(ds):
         if not isinstance(elem, RawDataElement):
             continue
         defined = elem.length != _UNDEFINED_LENGTH
@@ -218,6 +262,11 @@ def find_truncation(ds: Dataset, file_size: int) -> None:
                 f"truncated: {_tag(elem.tag)} declares {elem.length} bytes, the file "
                 f"holds {len(elem.value)}"
             )
+        if defined and elem.value is None and elem.value_tell + elem.length > file_size:
+            raise UnreadableDicom(
+                f"truncated: {_tag(elem.tag)} declares {elem.length} bytes, the file "
+                f"holds {max(file_size - elem.value_tell, 0)}"
+            )
         if last is None or elem.value_tell > last[0]:
             last = (elem.value_tell, elem)
 
@@ -225,7 +274,7 @@ def find_truncation(ds: Dataset, file_size: int) -> None:
         return
     if any(
         isinstance(e, DataElement) and (e.file_tell or 0) > last[0]
-        for e in ds.elements()
+        for e in _top_level_elements(ds)
     ):
         return  # a sequence comes last; its end offset is not known
     elem = last[1]
@@ -236,6 +285,11 @@ def find_truncation(ds: Dataset, file_size: int) -> None:
         raise UnreadableDicom(
             f"truncated: file ends {stray} bytes into the element after {_tag(elem.tag)}"
         )
+
+
+def _top_level_elements(ds: Dataset) -> list[DataElement | RawDataElement]:
+    """Like ``Dataset.elements()``, but a deferred value stays on disk."""
+    return [ds.get_item(tag, keep_deferred=True) for tag in sorted(ds.keys())]
 
 
 def find_missing_pixel_data(ds: Dataset) -> None:
@@ -265,8 +319,13 @@ def _is_deflated(ds: Dataset) -> bool:
 
 
 def _convert_elements(ds: Dataset) -> None:
-    """Convert every top-level raw element now, so bad values fail here, once."""
+    """Convert every top-level raw element now, so bad values fail here, once.
+
+    Deferred values (over ``DEFER_BYTES``) stay on disk: converting one would read it.
+    """
     for tag in list(ds.keys()):
+        if is_deferred(ds, tag):
+            continue
         try:
             ds[tag]
         except Exception as exc:  # value conversion of arbitrary bytes
@@ -364,7 +423,9 @@ def check_eligibility(ds: Dataset, options: ReadOptions) -> None:
             raise UnsupportedImage(
                 f"{tag} {keyword} is not supported, only (7FE0,0010)"
             )
-    if "PixelData" not in ds or ds.PixelData is None:
+    if "PixelData" not in ds or (
+        not is_deferred(ds, 0x7FE00010) and ds.PixelData is None
+    ):
         raise UnsupportedImage("no (7FE0,0010) Pixel Data: not an image object")
 
     rows = _read_dimension(ds, "Rows", "(0028,0010)", options.max_side)
@@ -376,6 +437,13 @@ def check_eligibility(ds: Dataset, options: ReadOptions) -> None:
         raise UnsupportedImage(
             f"(0028,0010) Rows {rows} x (0028,0011) Columns {columns} x {samples} "
             f"samples exceeds the limit of {options.max_pixels} values per frame"
+        )
+
+    bits_allocated = _read_int(ds, "BitsAllocated", "(0028,0100)", default=None)
+    if bits_allocated is not None and bits_allocated not in SUPPORTED_BITS_ALLOCATED:
+        raise UnsupportedImage(
+            f"(0028,0100) Bits Allocated {bits_allocated} is not supported "
+            f"(only {', '.join(map(str, sorted(SUPPORTED_BITS_ALLOCATED)))})"
         )
 
     photometric = read_text(ds, "PhotometricInterpretation").upper()
@@ -421,7 +489,9 @@ def check_native_length(
         return  # the decoder names the missing element
     values = rows * columns * (2 if photometric == "YBR_FULL_422" else samples)
     needed = math.ceil(values * bits_allocated / 8)
-    held = len(ds.PixelData)
+    held = declared_length(ds, "PixelData")
+    if held is None:
+        return  # undefined length on a native syntax: the decoder refuses it
     if held < needed:
         raise UnreadableDicom(
             f"truncated: (7FE0,0010) Pixel Data holds {held} bytes, one frame of "
