@@ -26,12 +26,13 @@ from api.requests import (
     json_body,
     layout_field,
     make_output_folder,
+    path_exists,
     patient_id_field,
     require,
     server_path,
 )
-from inference.discovery import iter_dicom_files
-from workers.canvas import send_bulk_job, send_single
+from inference.discovery import discover_inputs
+from workers.canvas import send_bulk_job, send_finalize, send_single
 
 log = logging.getLogger(__name__)
 bp = Blueprint("inference", __name__)
@@ -56,7 +57,7 @@ def single_inference() -> Any:
     image = server_path("input_image_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots) if save else None
     patient_id = patient_id_field(body)
-    if not image.exists():
+    if not path_exists(image):
         raise ApiError(400, f"Input image path does not exist: {raw_input}")
     # The extension rule applies to the name the client sent, not to a symlink's target.
     if not image.is_file() or not str(raw_input).lower().endswith(".dcm"):
@@ -121,18 +122,28 @@ def bulk_inference() -> Any:
     roots = current_app.config["DATA_ROOTS"]
     folder = server_path("input_folder_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots)
-    if not folder.exists():
+    if not path_exists(folder):
         raise ApiError(400, f"Input folder path does not exist: {raw_input}")
-    paths = [str(p) for p in iter_dicom_files(folder)]
-    if not paths:
+    found = discover_inputs(folder, roots)
+    if not found.total:
         raise ApiError(400, "No Dicom images found in the provided path")
     make_output_folder(output, str(raw_output))
 
     job_id = uuid.uuid4().hex
     store = current_app.extensions["cxr_jobs"]
+    # Files 0..n-1 go to workers; the ones discovery refused (symbolic links out of the
+    # roots, FIFOs...) take the indexes after them and are recorded before the chord is
+    # sent, so the callback finds them. With nothing to send, the callback runs alone.
+    paths = found.files + [r["path"] for r in found.refused]
     store.create(job_id, paths=paths, input_path=str(folder), output_path=str(output), layout=layout)
-    send_bulk_job(current_app.extensions["cxr_celery"], job_id, paths, str(output), layout)
-    log.info("job %s: %d files sent", job_id, len(paths))
+    for index, record in enumerate(found.refused, start=len(found.files)):
+        store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
+    celery = current_app.extensions["cxr_celery"]
+    if found.files:
+        send_bulk_job(celery, job_id, found.files, str(output), layout)
+    else:
+        send_finalize(celery, job_id)
+    log.info("job %s: %d files sent, %d refused by discovery", job_id, len(found.files), len(found.refused))
     status_url = url_for("jobs.job_status", job_id=job_id)
     if not wait:
         return envelope(202, BULK_ACCEPTED, {"job_id": job_id, "status_url": status_url})

@@ -5,7 +5,12 @@ without NUL; it is resolved with ``os.path.realpath`` (symlinks included) and th
 result must lie under one of ``CXR_DATA_ROOTS``; the *resolved* path is what the
 engine then uses, so a symlink swapped in after the check cannot redirect it outside.
 Existence is checked only after the roots, so the API never tells a client whether a
-path outside its roots exists.
+path outside its roots exists. A string that is not valid UTF-8 text (a lone surrogate
+sent as ``"\\udcff"``) is an invalid path: it could not travel through Redis.
+
+Fields the contract does not name are ignored (clients of the original API send
+extras); JSON ``null`` counts as absent for the path fields and ``patient_id``, and is
+refused like any other non-boolean for ``save_to_disk`` and ``wait``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from flask import request
 
 from api.envelope import ApiError
+from inference.discovery import is_utf8, within_roots
 
 #: DICOM LO (the PatientID VR) holds at most 64 characters.
 MAX_PATIENT_ID_LENGTH = 64
@@ -59,12 +65,22 @@ def layout_field(body: dict[str, Any]) -> str:
 
 def server_path(field: str, value: Any, roots: Sequence[Path]) -> Path:
     """The resolved path named by ``field``, checked against the data roots."""
-    if not isinstance(value, str) or not value.strip() or "\x00" in value or not os.path.isabs(value):
+    if (not isinstance(value, str) or not value.strip() or "\x00" in value or not os.path.isabs(value)
+            or not is_utf8(value)):
         raise ApiError(400, f"Invalid path {field}: {value!r}")
     resolved = Path(os.path.realpath(value))
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    if not within_roots(resolved, roots):
         raise ApiError(400, f"Path is outside the allowed data roots: {value}")
     return resolved
+
+
+def path_exists(path: Path) -> bool:
+    """``Path.exists`` that says False for a name too long for the file system (not 500)."""
+    try:
+        os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def patient_id_field(body: dict[str, Any]) -> str | None:

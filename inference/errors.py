@@ -52,6 +52,13 @@ class DecodeError(CxrError):
     reason = "decode_error"
 
 
+class OutsideDataRoots(CxrError):
+    """A symbolic link in an input folder resolves outside ``CXR_DATA_ROOTS``; it is not
+    followed (decided by the API's discovery, before any task is sent)."""
+
+    reason = "outside_data_roots"
+
+
 class InferenceError(CxrError):
     """The model failed on an image that decoded fine."""
 
@@ -94,4 +101,5 @@ SKIP_REASONS = (
     "decode_error",
     "inference_error",
     "timeout",
+    "outside_data_roots",
 )

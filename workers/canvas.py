@@ -36,6 +36,12 @@ def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, l
     chord(header, app=app)(body, task_id=f"{job_id}-finalize")
 
 
+def send_finalize(app: Celery, job_id: str) -> None:
+    """The callback alone, for a job whose every file was refused before any task."""
+    app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
+                  task_id=f"{job_id}-finalize").apply_async()
+
+
 def send_single(app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None,
                 expires_s: float) -> str:
     """Queue one single-inference task; it is discarded if no worker takes it in time."""

@@ -102,7 +102,7 @@ def _broken_bytes(folder: Path) -> list[CorpusEntry]:
     _write(folder, name, b"\x00" * 128 + b"DICM" + rng.integers(0, 256, 2048, dtype=np.uint8).tobytes())
     entries.append(CorpusEntry(name, "unreadable_dicom", "preamble and DICM, then random bytes"))
     name = "bytes/text.dcm"
-    _write(folder, name, "PatientID=1\nnot a DICOM file\n".encode() * 20)
+    _write(folder, name, b"PatientID=1\nnot a DICOM file\n" * 20)
     entries.append(CorpusEntry(name, "unreadable_dicom", "a text file named .dcm"))
     return entries
 
