@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 
 from api.envelope import ApiError
 from inference.discovery import is_utf8, within_roots
@@ -32,14 +32,32 @@ LAYOUTS = ("patient", "instance")
 
 
 def json_body() -> dict[str, Any]:
-    """The request's JSON object, or 415 (any content type is parsed as JSON)."""
+    """The request's JSON object, or 415 (any content type is parsed as JSON).
+
+    Nesting deeper than the parser's recursion limit is 415 too (never a 500). A body
+    over ``MAX_CONTENT_LENGTH`` is 413, also when it comes without a Content-Length
+    (chunked): werkzeug would cut such a body at the limit without a word, and a body
+    cut after its closing brace would then be taken as the whole request.
+    """
     try:
-        body = request.get_json(force=True, silent=True)
-    except RecursionError:
+        body = current_app.json.loads(read_body())
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         body = None
     if not isinstance(body, dict):
         raise ApiError(415, "Request body must be a JSON object")
     return body
+
+
+def read_body() -> bytes:
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None or limit is None:
+        return request.get_data(cache=True)  # werkzeug answers 413 over the limit
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""  # no length and no end marker: werkzeug's rule, the body is empty
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "Request body too large")
+    return bytes(data)
 
 
 def require(body: dict[str, Any], field: str, message: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 import tracemalloc
 import warnings
@@ -36,13 +37,16 @@ from tests.inference.fuzz_corpus import (
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``root`` (links not followed) -> (size, mtime_ns)."""
+    """Every path under ``root`` (links not followed) -> (size, mtime_ns) of a file or
+    link; (0, 0) for a folder (its mtime moves with any entry added or removed, which
+    the set of paths shows already)."""
     snapshot = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             info = os.lstat(path)
-            snapshot[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns)
+            is_dir = stat.S_ISDIR(info.st_mode)
+            snapshot[os.path.relpath(path, root)] = (0, 0) if is_dir else (info.st_size, info.st_mtime_ns)
     return snapshot
 
 
