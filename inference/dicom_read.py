@@ -7,7 +7,7 @@ Output: ``DicomImage`` whose ``pixels`` are float32, shape (rows, columns), in
 policy), with a JSON-serialisable ``provenance`` dict recording every decision.
 Refusals are the domain exceptions of ``inference.errors``:
 
-* ``UnreadableDicom``: empty, not DICOM, or truncated (including an *Image
+* ``UnreadableDicom``: not a regular file, empty, not DICOM, or truncated (including an *Image
   Storage* object whose (7FE0,0010) Pixel Data is missing).
 * ``UnsupportedImage``: DICOMDIR, a non-image object without (7FE0,0010) Pixel
   Data, float pixel data, absurd (0028,0010)/(0028,0011) dimensions, an
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,9 +150,13 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     (empty, not DICOM, truncated) or ``UnsupportedImage`` (DICOMDIR).
     """
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
     except OSError as exc:
         raise UnreadableDicom(f"cannot open file: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO would block the reader until the task's time limit.
+        raise UnreadableDicom("not a regular file (a FIFO, socket, device or folder)")
+    size = info.st_size
     if size == 0:
         raise UnreadableDicom("zero-length file")
 

@@ -157,3 +157,14 @@ def test_large_native_pixel_data_is_read_later_and_identical(tmp_path: Path) -> 
     with pytest.raises(UnreadableDicom, match=r"truncated: \(7FE0,0010\) PixelData declares 2097152 bytes, "
                                               r"the file holds 2096152"):
         read_dicom_image(cut)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Discovery refuses special files, but one can be swapped in after it: the reader
+    checks again instead of blocking on ``open`` until the task's time limit."""
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    with pytest.raises(UnreadableDicom, match=r"not a regular file"):
+        read_dicom_image(fifo)
+    with pytest.raises(UnreadableDicom, match=r"not a regular file"):
+        read_dicom_image(tmp_path)
