@@ -54,10 +54,16 @@ def read_body() -> bytes:
         return request.get_data(cache=True)  # werkzeug answers 413 over the limit
     if not request.environ.get("wsgi.input_terminated"):
         return b""  # no length and no end marker: werkzeug's rule, the body is empty
-    data = request.environ["wsgi.input"].read(limit + 1)
-    if len(data) > limit:
+    stream, chunks, size = request.environ["wsgi.input"], [], 0
+    while size <= limit:  # a server may hand out fewer bytes than asked for
+        chunk = stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(bytes(chunk))
+        size += len(chunk)
+    if size > limit:
         raise ApiError(413, "Request body too large")
-    return bytes(data)
+    return b"".join(chunks)
 
 
 def require(body: dict[str, Any], field: str, message: str) -> Any:
