@@ -47,7 +47,10 @@ def app(redis_client: redis.Redis, data_root: Path) -> Any:
 
     return create_app({"TESTING": True, "REDIS_URL": REDIS_TEST_URL, "CXR_JWT_SECRET": SECRET,
                        "CXR_DATA_ROOTS": str(data_root), "CXR_BULK_WAIT_S": 120.0,
-                       "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1})
+                       "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1,
+                       # Every test client request comes from 127.0.0.1; the auth tests alone
+                       # fail a dozen times a minute. test_rate_limit.py tests the limit itself.
+                       "CXR_AUTH_FAIL_LIMIT": "1000 per minute"})
 
 
 @pytest.fixture()
