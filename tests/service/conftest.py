@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import redis
 
+from tests.service.live import LiveService, live_service
 from tests.service.support import (
     REDIS_TEST_URL,
     SECRET,
     WorkerProcess,
+    redis_db_url,
     running_worker,
     worker_env,
 )
@@ -93,3 +95,11 @@ def small_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """gunicorn + a worker on Redis database 7 (tests/service/live.py), shared by
+    test_logs.py and test_load.py: starting a worker costs seconds on 2 cores."""
+    with live_service(tmp_path_factory.mktemp("live"), redis_db_url(7)) as service:
+        yield service
