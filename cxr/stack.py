@@ -37,7 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -205,6 +205,28 @@ def local_secret_file(state: Path) -> Path | None:
     return path
 
 
+#: Flower's shortest acceptable password when the operator sets FLOWER_BASIC_AUTH.
+MIN_FLOWER_PASSWORD = 8
+
+
+def flower_auth(environ: Mapping[str, str]) -> str:
+    """Flower's ``user:password[,user:password...]``: FLOWER_BASIC_AUTH, else generated.
+
+    Flower serves its UI and API to anyone when it has no credentials, and accepts an
+    empty password as a password; so every pair must have a user and a password of
+    ``MIN_FLOWER_PASSWORD`` characters or more. There is no way to start it without.
+    """
+    value = environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if not value:
+        return f"admin:{secrets.token_urlsafe(12)}"
+    for pair in value.split(","):
+        user, _, password = pair.partition(":")
+        if not user.strip() or len(password) < MIN_FLOWER_PASSWORD:
+            raise StackError("FLOWER_BASIC_AUTH must be user:password pairs, comma-separated, each password "
+                             f"{MIN_FLOWER_PASSWORD}+ characters; unset it to get a generated one")
+    return value
+
+
 def ensure_phantoms(folder: Path, size: int) -> None:
     if (folder / "phantoms.json").is_file():
         return
@@ -268,7 +290,7 @@ def run(var: Path, demo_size: int) -> int:
         env["REDIS_URL"] = redis_url = resolve_redis(state, stack, env)
         if secret_file := local_secret_file(state):
             env["CXR_JWT_SECRET_FILE"] = str(secret_file)
-        auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
+        auth = flower_auth(os.environ)
         if not env.get("CXR_DATA_ROOTS", "").strip():
             env["CXR_DATA_ROOTS"] = str(var)
         ensure_phantoms(demo_in, demo_size)
