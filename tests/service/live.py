@@ -12,6 +12,7 @@ own file.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -79,6 +80,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
     raise RuntimeError(f"{url} did not answer within {timeout} s: {log.read_text()[-3000:]}")
 
 
+def warm_up(url: str, token: str, inputs: Path, timeout: float = 240.0) -> None:
+    """One single inference: the worker's child loads the model on its first task (tens of
+    seconds on a busy 2-core machine), which must not happen inside a measured window."""
+    body = json.dumps({"input_image_path": str(min(inputs.glob("*.dcm"))), "save_to_disk": False}).encode()
+    request = urllib.request.Request(url + "/single_inference", data=body, method="POST",
+                                     headers={"Authorization": token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        assert resp.status == 200, resp.read()[:500]
+
+
 @contextmanager
 def live_service(tmp: Path, redis_url: str, *, api_workers: int = 2, api_threads: int = 8,
                  phantoms: int = 3, phantom_size: int = 96, **api_env: str) -> Iterator[LiveService]:
@@ -110,6 +121,7 @@ def live_service(tmp: Path, redis_url: str, *, api_workers: int = 2, api_threads
         from workers.app import create_celery_app
 
         worker.wait_ready(create_celery_app(redis_url))
+        warm_up(url, token, inputs)
         yield LiveService(url=url, redis_url=redis_url, data=data, inputs=inputs, logs=logs, jwt_secret=jwt_secret,
                           flower_password=flower_password, token=token, worker=worker, redis=client)
     finally:
