@@ -254,7 +254,7 @@ def banner(*, api: str, flower: str, auth: str, redis_url: str, private: bool, l
            secret_file: Path | None, token: str, demo_in: Path, demo_out: Path) -> str:
     """What the user needs, every command ready to paste (the test runs the curl line)."""
     user, _, password = auth.split(",")[0].partition(":")
-    shown = "from FLOWER_BASIC_AUTH" if "FLOWER_BASIC_AUTH" in os.environ else f"{password} (generated for this run)"
+    shown = "from FLOWER_BASIC_AUTH" if os.environ.get("FLOWER_BASIC_AUTH", "").strip() else f"{password} (generated for this run)"
     cli = Path(sys.executable).parent / "cxr"
     cli_cmd = shlex.quote(str(cli)) if cli.exists() else f"{shlex.quote(sys.executable)} -m cxr"
     prefix = f"CXR_JWT_SECRET_FILE={shlex.quote(str(secret_file))} " if secret_file else ""
