@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from cxr.logs import redact_handlers
+
 log = logging.getLogger("cxr.stack")
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -347,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-size", type=int, default=1024, help="demo phantom size in pixels (default 1024)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
+    redact_handlers(logging.getLogger())  # e.g. a REDIS_URL with a password in a start-up error
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     return run(Path(args.var).absolute(), args.demo_size)

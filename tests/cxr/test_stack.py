@@ -104,6 +104,15 @@ def test_flower_credentials_are_generated_or_taken_as_given() -> None:
     assert flower_auth({"FLOWER_BASIC_AUTH": "ops:longenoughpassword"}) == "ops:longenoughpassword"
 
 
+def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None:
+    url = f"redis://:launcher-pw-{os.getpid()}@127.0.0.1:{free_ports(1)[0]}/0"  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "cxr.stack", "--var", str(tmp_path)], cwd=ROOT,
+                          env=dict(os.environ, REDIS_URL=url), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "does not answer PING" in done.stderr
+    assert f"launcher-pw-{os.getpid()}" not in done.stdout + done.stderr
+
+
 def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     api_port, flower_port = free_ports(2)
     env = {k: v for k, v in os.environ.items()
