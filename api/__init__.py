@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from api.auth import init_auth
 from api.config import load_config
 from api.envelope import ApiError, envelope, error_response
+from api.ratelimit import init_rate_limit
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(jobs.bp)
     app.register_blueprint(inference.bp)
+    init_rate_limit(app)  # after the blueprints: it exempts /ping by its view function
     _register_error_handlers(app)
     return app
 

@@ -5,7 +5,8 @@ is sent raw, as the LeapAI API does (``Authorization: eyJ...``), or as
 ``Bearer eyJ...``. Revoking puts the token's ``jti`` under ``cxr:jwt:revoked:<jti>`` in
 Redis; every request checks that key. The 401 messages are the contract's:
 ``Token missing``, ``Token expired``, ``Invalid token`` (malformed, bad signature,
-wrong or ``none`` algorithm, not yet valid, revoked).
+wrong or ``none`` algorithm, not yet valid, revoked, without ``jti`` or ``exp``).
+Repeated 401s from one address are rate-limited (``api.ratelimit``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def init_auth(app: Flask) -> JWTManager:
 
     @manager.token_in_blocklist_loader
     def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        # A token that cannot be revoked (no jti) or never expires (no exp) is refused,
+        # even with a valid signature: `cxr token issue` never makes one.
         jti = payload.get("jti")
-        if not jti:
+        if not jti or "exp" not in payload:
             return True
         return bool(app.extensions["cxr_redis"].exists(REVOKED_KEY.format(jti=jti)))
 

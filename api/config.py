@@ -28,10 +28,16 @@ DEFAULTS: dict[str, Any] = {
     "CXR_SINGLE_WAIT_S": 120.0,
     "CXR_POLL_INTERVAL_S": 0.2,
     "CXR_MAX_BODY_BYTES": 1 << 20,
+    # Hostile clients: failed authentications allowed per client address (Flask-Limiter
+    # syntax, e.g. "20 per minute"), and how many reverse proxies in front of the API
+    # append to X-Forwarded-For (0: the TCP peer is the client).
+    "CXR_AUTH_FAIL_LIMIT": "20 per minute",
+    "CXR_TRUSTED_PROXIES": 0,
 }
 
 _NUMERIC = {"CXR_TOKEN_DAYS": int, "CXR_BULK_WAIT_S": float, "CXR_SINGLE_WAIT_S": float,
-            "CXR_POLL_INTERVAL_S": float, "CXR_MAX_BODY_BYTES": int}
+            "CXR_POLL_INTERVAL_S": float, "CXR_MAX_BODY_BYTES": int,
+            "CXR_TRUSTED_PROXIES": int}
 
 
 class ConfigError(RuntimeError):
@@ -52,7 +58,21 @@ def load_config(environ: Mapping[str, str] | None = None,
     if config["CXR_ENV"] == "production" and not str(config["CXR_DATA_ROOTS"]).strip():
         raise ConfigError("CXR_DATA_ROOTS is not set; refusing to start in production")
     config["DATA_ROOTS"] = parse_data_roots(config["CXR_DATA_ROOTS"])
+    check_client_limits(config)
     return config
+
+
+def check_client_limits(config: Mapping[str, Any]) -> None:
+    """A limit the limiter cannot parse, or a negative proxy count, stops the start-up."""
+    from limits import parse_many
+
+    try:
+        parse_many(str(config["CXR_AUTH_FAIL_LIMIT"]))
+    except ValueError:
+        raise ConfigError(f"CXR_AUTH_FAIL_LIMIT={config['CXR_AUTH_FAIL_LIMIT']!r} is not a rate limit "
+                          "such as '20 per minute'") from None
+    if int(config["CXR_TRUSTED_PROXIES"]) < 0:
+        raise ConfigError("CXR_TRUSTED_PROXIES must be 0 or more")
 
 
 def read_secret(config: Mapping[str, Any]) -> str:

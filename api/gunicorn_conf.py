@@ -12,6 +12,12 @@ value comes from the environment (see the README's configuration table):
   (``CXR_BULK_WAIT_S``, 600 s) plus a margin, or gunicorn kills a healthy thread.
 * No control socket: gunicorn >= 25.1 otherwise creates ``~/.gunicorn/gunicorn.ctl``,
   which two API instances on one host would fight over.
+* Logs: the access log (stdout) has method, path *without the query string*, status,
+  size, duration and user agent; no user, referer or query string, so a token a client
+  puts in a URL never reaches it (the API reads tokens only from the header). The
+  application's own loggers (``api.*``, ``flask-limiter``) and gunicorn's error log go to
+  stderr at INFO. Every handler formats through ``cxr.logs.RedactingFormatter``, the
+  safety net that masks anything shaped like a JWT and this process's secret values.
 """
 
 from __future__ import annotations
@@ -26,3 +32,22 @@ timeout = int(float(os.environ.get("CXR_BULK_WAIT_S", "600"))) + 60
 graceful_timeout = 30
 control_socket_disable = True
 accesslog = "-"
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "generic": {"()": "cxr.logs.RedactingFormatter",
+                    "fmt": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+        "access": {"()": "cxr.logs.RedactingFormatter", "fmt": "%(message)s"},
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+    },
+}

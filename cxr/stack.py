@@ -37,10 +37,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+from cxr.logs import redact_handlers
 
 log = logging.getLogger("cxr.stack")
 
@@ -205,6 +207,28 @@ def local_secret_file(state: Path) -> Path | None:
     return path
 
 
+#: Flower's shortest acceptable password when the operator sets FLOWER_BASIC_AUTH.
+MIN_FLOWER_PASSWORD = 8
+
+
+def flower_auth(environ: Mapping[str, str]) -> str:
+    """Flower's ``user:password[,user:password...]``: FLOWER_BASIC_AUTH, else generated.
+
+    Flower serves its UI and API to anyone when it has no credentials, and accepts an
+    empty password as a password; so every pair must have a user and a password of
+    ``MIN_FLOWER_PASSWORD`` characters or more. There is no way to start it without.
+    """
+    value = environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if not value:
+        return f"admin:{secrets.token_urlsafe(12)}"
+    for pair in value.split(","):
+        user, _, password = pair.partition(":")
+        if not user.strip() or len(password) < MIN_FLOWER_PASSWORD:
+            raise StackError("FLOWER_BASIC_AUTH must be user:password pairs, comma-separated, each password "
+                             f"{MIN_FLOWER_PASSWORD}+ characters; unset it to get a generated one")
+    return value
+
+
 def ensure_phantoms(folder: Path, size: int) -> None:
     if (folder / "phantoms.json").is_file():
         return
@@ -232,7 +256,7 @@ def banner(*, api: str, flower: str, auth: str, redis_url: str, private: bool, l
            secret_file: Path | None, token: str, demo_in: Path, demo_out: Path) -> str:
     """What the user needs, every command ready to paste (the test runs the curl line)."""
     user, _, password = auth.split(",")[0].partition(":")
-    shown = "from FLOWER_BASIC_AUTH" if "FLOWER_BASIC_AUTH" in os.environ else f"{password} (generated for this run)"
+    shown = "from FLOWER_BASIC_AUTH" if os.environ.get("FLOWER_BASIC_AUTH", "").strip() else f"{password} (generated for this run)"
     cli = Path(sys.executable).parent / "cxr"
     cli_cmd = shlex.quote(str(cli)) if cli.exists() else f"{shlex.quote(sys.executable)} -m cxr"
     prefix = f"CXR_JWT_SECRET_FILE={shlex.quote(str(secret_file))} " if secret_file else ""
@@ -268,7 +292,7 @@ def run(var: Path, demo_size: int) -> int:
         env["REDIS_URL"] = redis_url = resolve_redis(state, stack, env)
         if secret_file := local_secret_file(state):
             env["CXR_JWT_SECRET_FILE"] = str(secret_file)
-        auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
+        auth = flower_auth(os.environ)
         if not env.get("CXR_DATA_ROOTS", "").strip():
             env["CXR_DATA_ROOTS"] = str(var)
         ensure_phantoms(demo_in, demo_size)
@@ -325,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-size", type=int, default=1024, help="demo phantom size in pixels (default 1024)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
+    redact_handlers(logging.getLogger())  # e.g. a REDIS_URL with a password in a start-up error
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     return run(Path(args.var).absolute(), args.demo_size)

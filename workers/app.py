@@ -7,9 +7,10 @@ by name, and never imports ``workers.tasks`` (which brings in TensorFlow).
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
 import celeryconfig
+from cxr.logs import setup_worker_logging
 from workers.backend import backend_url
 
 INFERENCE_QUEUE = celeryconfig.INFERENCE_QUEUE
@@ -26,3 +27,7 @@ def create_celery_app(redis_url: str | None = None) -> Celery:
 
 
 app = create_celery_app()
+
+# What a worker's log never carries (task results hold patient names; cxr/logs.py).
+signals.after_setup_logger.connect(setup_worker_logging)
+signals.after_setup_task_logger.connect(setup_worker_logging)

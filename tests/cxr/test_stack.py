@@ -1,8 +1,10 @@
 """``python -m cxr.stack`` as ``make run`` starts it: the whole stack as real processes.
 
 The launcher is run as a user would: its banner is read from stdout, the curl line it
-prints is executed as printed, Flower is asked with and without the printed password,
-and after SIGTERM nothing it started may still run or listen. Redis DB 13 is this
+prints is executed as printed, Flower is asked with and without the printed password
+(and with wrong ones, on its UI and API), after SIGTERM nothing it started may still
+run or listen, and no log it wrote holds the JWT secret, a token, the Flower password
+or a demo patient's name. Redis DB 13 is this
 test's own (the service tests use 12 and 14) and is flushed at the end.
 """
 
@@ -24,8 +26,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pydicom
+import pytest
 import redis
 
+from cxr.stack import StackError, flower_auth
 from tests.service.support import redis_db_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +82,35 @@ def leftovers(marks: list[str]) -> dict[int, str]:
         if any(mark in cmdline or mark in environ for mark in marks):
             found[int(entry.name)] = cmdline.strip()
     return found
+
+
+def banner_api(text: str) -> str:
+    match = re.search(r"API:\s+(\S+)", text)
+    assert match, f"no API line in\n{text}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("value", ["admin", "admin:", "admin:short", ":longenoughpassword",
+                                   "ops:longenoughpassword,admin:"])
+def test_flower_never_starts_with_weak_or_no_credentials(value: str) -> None:
+    with pytest.raises(StackError, match="FLOWER_BASIC_AUTH"):
+        flower_auth({"FLOWER_BASIC_AUTH": value})
+
+
+def test_flower_credentials_are_generated_or_taken_as_given() -> None:
+    user, _, password = flower_auth({}).partition(":")
+    assert user == "admin" and len(password) >= 16
+    assert flower_auth({"FLOWER_BASIC_AUTH": ""}) != flower_auth({"FLOWER_BASIC_AUTH": ""})  # per run
+    assert flower_auth({"FLOWER_BASIC_AUTH": "ops:longenoughpassword"}) == "ops:longenoughpassword"
+
+
+def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None:
+    url = f"redis://:launcher-pw-{os.getpid()}@127.0.0.1:{free_ports(1)[0]}/0"  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "cxr.stack", "--var", str(tmp_path)], cwd=ROOT,
+                          env=dict(os.environ, REDIS_URL=url), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "does not answer PING" in done.stderr
+    assert f"launcher-pw-{os.getpid()}" not in done.stdout + done.stderr
 
 
 def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
@@ -147,8 +181,23 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         assert match, f"step 3 (flower): no Flower line in\n{text}"
         flower_url, user, password = match.groups()
         assert http_status(flower_url + "/") == 401, "step 3 (flower): answered without credentials"
+        for path in ("/", "/api/workers", "/api/tasks", "/tasks"):
+            for wrong in (None, f"{user}:", f"{user}:{password}x", f"other:{password}"):
+                assert http_status(flower_url + path, wrong) == 401, f"step 3 (flower): {path} answered {wrong!r}"
         assert http_status(flower_url + "/", f"{user}:{password}") == 200, \
             f"step 3 (flower): printed credentials refused{diagnostics()}"
+
+        # A single inference too: its answer carries the patient's name, which no log may.
+        token = next(arg.removeprefix("Authorization: ") for arg in shlex.split(curl[0])
+                     if arg.startswith("Authorization: "))
+        demo_file = min((tmp_path / "demo-input").glob("*.dcm"))
+        request = urllib.request.Request(
+            banner_api(text) + "/single_inference", method="POST",
+            data=json.dumps({"input_image_path": str(demo_file), "save_to_disk": False}).encode(),
+            headers={"Authorization": token, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            single = json.loads(resp.read())
+        assert single["Data"]["metadata"]["patient_name"] == str(pydicom.dcmread(demo_file).PatientName)
 
         # 4. SIGTERM: the launcher stops everything and exits 0.
         proc.send_signal(signal.SIGTERM)
@@ -162,6 +211,19 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         assert refuses(flower_port), f"step 4 (stop): Flower port {flower_port} still accepts connections"
         left = leftovers(marks)
         assert not left, f"step 4 (stop): processes left behind: {left}"
+
+        # 5. No log holds the JWT secret, a token, the Flower password or a patient's name.
+        logs = {p.name: p.read_text(encoding="utf-8", errors="replace")
+                for p in sorted((tmp_path / "run" / "logs").glob("*.log"))}
+        assert {"api.log", "worker.log", "flower.log"} <= set(logs), f"step 5 (logs): {sorted(logs)}"
+        assert "POST /single_inference" in logs["api.log"], "step 5 (logs): no access log in api.log"
+        names = {str(pydicom.dcmread(f).PatientName) for f in (tmp_path / "demo-input").glob("*.dcm")}
+        parts = {part for name in names for part in re.split(r"[\^ ]", name) if len(part) >= 4}
+        forbidden = {"JWT secret": (tmp_path / "run" / "jwt-secret").read_text().strip(), "token": token,
+                     "a JWT": "eyJ", "Flower password": password, **{f"patient name {n}": n for n in names | parts}}
+        leaks = [f"{what} in {name}" for name, log_text in logs.items() for what, value in forbidden.items()
+                 if value in log_text]
+        assert not leaks, f"step 5 (logs): {leaks}"
         print(f"stack test: {time.monotonic() - started:.1f} s")
     finally:
         if proc.poll() is None:

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import redis
 
+from tests.service.live import LiveService, live_service
 from tests.service.support import (
     REDIS_TEST_URL,
     SECRET,
     WorkerProcess,
+    redis_db_url,
     running_worker,
     worker_env,
 )
@@ -47,7 +49,10 @@ def app(redis_client: redis.Redis, data_root: Path) -> Any:
 
     return create_app({"TESTING": True, "REDIS_URL": REDIS_TEST_URL, "CXR_JWT_SECRET": SECRET,
                        "CXR_DATA_ROOTS": str(data_root), "CXR_BULK_WAIT_S": 120.0,
-                       "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1})
+                       "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1,
+                       # Every test client request comes from 127.0.0.1; the auth tests alone
+                       # fail a dozen times a minute. test_rate_limit.py tests the limit itself.
+                       "CXR_AUTH_FAIL_LIMIT": "1000 per minute"})
 
 
 @pytest.fixture()
@@ -90,3 +95,11 @@ def small_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """gunicorn + a worker on Redis database 7 (tests/service/live.py), shared by
+    test_logs.py and test_load.py: starting a worker costs seconds on 2 cores."""
+    with live_service(tmp_path_factory.mktemp("live"), redis_db_url(7)) as service:
+        yield service

@@ -69,6 +69,36 @@ def test_bad_tokens_are_refused(client: Any, name: str, make: Any, message: str)
     assert response.get_json()["Message"] == message
 
 
+def _signed(**overrides: Any) -> str:
+    return jwt.encode({k: v for k, v in _claims(**overrides).items() if v is not None}, SECRET, "HS256")
+
+
+# What the attack table above leaves out: headers that are not one token, tokens that are
+# not three base64url parts, and correctly signed tokens with claims this server never
+# issues (no expiry, no jti to revoke them by, a refresh token, issued in the future).
+@pytest.mark.parametrize(("name", "header", "message"), [
+    ("empty header", lambda: "", "Token missing"),
+    ("Bearer without a token", lambda: "Bearer ", "Token missing"),
+    ("Basic credentials", lambda: "Basic dXNlcjpwYXNzd29yZA==", "Invalid token"),
+    ("two tokens", lambda: f"{_signed()} {_signed()}", "Invalid token"),
+    ("four parts", lambda: _signed() + ".e30", "Invalid token"),
+    ("signature stripped", lambda: _signed().rsplit(".", 1)[0] + ".", "Invalid token"),
+    ("header not JSON", lambda: "bm90LWpzb24." + _signed().split(".", 1)[1], "Invalid token"),
+    ("not base64url", lambda: "eyJ!!!.eyJ.x", "Invalid token"),
+    ("no expiry", lambda: _signed(exp=None), "Invalid token"),
+    ("no jti", lambda: _signed(jti=None), "Invalid token"),
+    ("no subject", lambda: _signed(sub=None), "Invalid token"),
+    ("refresh token", lambda: _signed(type="refresh"), "Invalid token"),
+    ("issued in the future", lambda: _signed(iat=int(time.time()) + 3600), "Invalid token"),
+    ("expiry not a number", lambda: _signed(exp="tomorrow"), "Invalid token"),
+])
+def test_malformed_headers_and_foreign_claims_are_refused(client: Any, name: str, header: Any,
+                                                          message: str) -> None:
+    response = client.get("/jobs/x", headers={"Authorization": header()})
+    assert response.status_code == 401, name
+    assert response.get_json() == {"Result": "Failure", "Data": None, "Message": message}, name
+
+
 def test_tampered_payload_is_refused(client: Any, token: str) -> None:
     header, payload, signature = token.split(".")
     forged_payload = jwt.utils.base64url_encode(
