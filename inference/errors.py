@@ -94,4 +94,7 @@ SKIP_REASONS = (
     "decode_error",
     "inference_error",
     "timeout",
+    "output_error",  # the output folder could not be written (disk full, read-only, permissions)
+    "worker_lost",  # the worker process died every time it processed the file (CXR_MAX_DELIVERIES)
+    "lost",  # the broker lost the file's task message; the file was not processed
 )

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from workers.finalize import classify_lost_file
 from tests.service.support import redis_db_url
+from workers.finalize import classify_lost_file
 from workers.jobs import FILES_KEY, JOB_KEY, PATHS_KEY, JobStore
 
 IDLE_DB_URL = redis_db_url(15)
