@@ -73,6 +73,9 @@ visibility_timeout = _visibility_timeout()
 #: How often a worker looks for messages whose visibility timeout passed (kombu's
 #: default, 10 s x every 10th call, would add up to 100 s to a low timeout).
 unacked_restore_interval = max(1, min(60, int(visibility_timeout // 10)))
+#: The sweep holds a Redis lock (kombu's default expiry 300 s); a worker killed while
+#: holding it would stop every other worker's sweep until it expires.
+unacked_mutex_expire = max(10, min(300, unacked_restore_interval * 10))
 
 #: A file whose worker process died this many times while processing it is given up
 #: (skipped as ``worker_lost``) on its next delivery instead of being processed again.
@@ -91,6 +94,7 @@ broker_transport_options = {
     "visibility_timeout": visibility_timeout,
     "unacked_restore_interval": unacked_restore_interval,
     "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": unacked_mutex_expire,
     "socket_keepalive": True,
     "health_check_interval": 30,
     "retry_on_timeout": True,

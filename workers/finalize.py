@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.pipeline import summarise
-from reports.publish import remove_stale_temp_dirs
+from reports.publish import remove_job_temp_dirs, remove_stale_temp_dirs
 from workers.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], Tas
         log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, exc.strerror)
     store.finish(job_id, summary)
     try:
+        # Every task of the job has ended: its staging folders are leftovers of killed writers.
+        removed = remove_job_temp_dirs(output_root, job_id)
+        if removed:
+            log.warning("job %s: removed %d staging folder(s) left by killed workers", job_id, len(removed))
         remove_stale_temp_dirs(output_root)
     except OSError as exc:
         log.warning("job %s: could not clean stale staging folders: %s", job_id, exc.strerror)
