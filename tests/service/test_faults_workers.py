@@ -14,6 +14,7 @@ come back within seconds (production: an hour; see ``celeryconfig``).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -36,6 +37,7 @@ from tests.service.support import (
 
 FAULTS_DB_URL = redis_db_url(10)
 MAX_DELIVERIES = 3
+log = logging.getLogger(__name__)
 WORKER_SETTINGS = {"CXR_VISIBILITY_TIMEOUT_S": "5", "CXR_MAX_DELIVERIES": str(MAX_DELIVERIES),
                    "CXR_WATCHDOG_INTERVAL_S": "2", "CXR_STALL_GRACE_S": "120"}
 
@@ -139,6 +141,7 @@ def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
         killer = TaskKiller(app.extensions["cxr_celery"], decide, kill_worker)
         killer.start()
         stack.callback(killer.stop)
+        started = time.monotonic()
         try:
             body = wait_for_job(app.test_client(), auth, status_url, timeout=180)
         except AssertionError:
@@ -147,6 +150,7 @@ def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
                                  f"mutex ttl {raw.ttl('unacked_mutex')}, queue {raw.llen('inference')}, "
                                  f"recorded {sorted(int(i) for i in raw.hkeys(f'cxr:job:{job_id}:files'))}") from None
 
+    log.info("100-file job with %d kills finished in %.1f s", len(killer.kills), time.monotonic() - started)
     summary = body["Data"]
     kinds = [(_index(task_id), kind) for task_id, _, kind in killer.kills]
     assert kinds.count((poison, "child")) == MAX_DELIVERIES
