@@ -195,10 +195,14 @@ class JobStore:
         return None if int(added) < 0 else bool(added)
 
     def fail(self, job_id: str, reason: str) -> None:
-        """Finish a job that never got going (its chord could not be sent): ``failed``."""
-        total = int(self.client.hget(JOB_KEY.format(job_id=job_id), "total") or 0)
-        self.finish(job_id, {"job_id": job_id, "status": "failed", "total": total, "processed": 0,
-                             "skipped": [], "superseded": [], "outputs": {}, "failure": reason})
+        """Finish a job that never got going (its chord could not be sent): ``failed``,
+        every file skipped as ``lost``. Tasks that did get out find the job finished
+        and do nothing, so no file is processed behind the summary's back."""
+        paths = self.job_paths(job_id)
+        skipped = [{"path": p, "reason": "lost", "detail": reason} for p in paths]
+        self.finish(job_id, {"job_id": job_id, "status": "failed", "total": len(paths), "processed": 0,
+                             "skipped": skipped, "superseded": [], "outputs": {}, "timings": {},
+                             "workers": [], "summary_file": None, "failure": reason})
 
     def active_jobs(self) -> list[str]:
         return sorted(str(j) for j in self.client.smembers(ACTIVE_KEY))

@@ -102,6 +102,11 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
         threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
         os.environ["CXR_TF_THREADS"] = str(threads)
     log.info("%d worker processes, %s TensorFlow threads each", concurrency, os.environ["CXR_TF_THREADS"])
+    if celeryconfig.visibility_timeout < celeryconfig.SAFE_VISIBILITY_TIMEOUT_S:
+        log.warning("CXR_VISIBILITY_TIMEOUT_S=%g is below %g s (hard limit + longest retry countdown + margin): "
+                    "a file running longer than %g s is delivered a second time while it runs",
+                    celeryconfig.visibility_timeout, celeryconfig.SAFE_VISIBILITY_TIMEOUT_S,
+                    celeryconfig.visibility_timeout)
 
 
 @signals.worker_process_init.connect

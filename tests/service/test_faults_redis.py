@@ -134,7 +134,7 @@ def test_redis_down_the_api_answers_503_fast_and_ping_still_answers(
     assert_published_once(root / "after-outage", summary, sorted(inputs.glob("*.dcm")), job_id)
 
 
-def test_redis_restarted_mid_job_with_its_data_the_job_completes(
+def test_redis_restarted_mid_job_with_its_data_the_job_ends_with_every_file_accounted_for(
         server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path,
         root: Path) -> None:
     out = root / "restart-aof"
@@ -144,8 +144,14 @@ def test_redis_restarted_mid_job_with_its_data_the_job_completes(
     time.sleep(1.0)
     server.start()
     summary = wait_for_job(api.test_client(), auth, status_url, timeout=120)["Data"]
-    assert summary["status"] == "completed", summary
-    assert summary["processed"] == 24 and summary["skipped"] == []
+    # kombu takes a message with BRPOP and records it as unacknowledged only once the
+    # reply arrived (kombu #305, #1733): a kill at that instant loses the one message
+    # being delivered (concurrency 1 here). The watchdog must then name it.
+    lost = [s for s in summary["skipped"] if s["reason"] == "lost"]
+    assert len(lost) == len(summary["skipped"]) <= 1, summary
+    assert summary["status"] == ("failed" if lost else "completed"), summary
+    assert summary["processed"] + len(lost) == 24
+    log.info("Redis restarted mid-job with AOF: %d processed, %d lost", summary["processed"], len(lost))
     assert_published_once(out, summary, sorted(inputs.glob("*.dcm")), job_id)
 
 
@@ -228,6 +234,9 @@ def test_a_job_whose_tasks_cannot_be_sent_is_failed_at_once(inputs: Path, root: 
         assert progress is not None and progress.status == "failed"
         assert progress.summary is not None
         assert progress.summary["failure"].startswith("the job's tasks could not be sent")
+        assert progress.summary["total"] == 24 and progress.summary["processed"] == 0
+        assert {s["reason"] for s in progress.summary["skipped"]} == {"lost"}
+        assert len(progress.summary["skipped"]) == 24
         assert store.active_jobs() == []
     finally:
         store.client.flushdb()
