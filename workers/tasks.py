@@ -173,10 +173,14 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
     return {"index": index, "status": record["status"]}
 
 
-@app.task(name="cxr.infer_single", bind=True, acks_late=True)
+@app.task(name="cxr.infer_single", bind=True, acks_late=True, reject_on_worker_lost=False)
 def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | None,
                  request_id: str) -> dict[str, Any]:
-    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64."""
+    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
+
+    Not redelivered when its process dies (no delivery cap here): the client waiting on
+    it gets a 500 at once instead of a file that may kill worker after worker.
+    """
     try:
         if output is not None:
             record = process_file(Path(path), Path(output), predictor(), job_id=request_id, layout="patient",

@@ -50,7 +50,7 @@ def faults_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, 
     client = redis.Redis.from_url(FAULTS_DB_URL)
     client.flushdb()
     app = create_app({"REDIS_URL": FAULTS_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(root),
-                      "CXR_BULK_WAIT_S": 0.0, "CXR_POLL_INTERVAL_S": 0.1})
+                      "CXR_BULK_WAIT_S": 0.0, "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1})
     try:
         yield app, root
     finally:
@@ -199,3 +199,34 @@ def test_sigterm_lets_a_worker_finish_its_file_and_the_job_completes(
     assert f"Task cxr.infer_file[{running}] succeeded" in log
     assert summary["status"] == "completed" and summary["processed"] == 8 and summary["skipped"] == []
     assert_published_once(out, summary, inputs, job_id)
+
+
+def test_single_inference_whose_process_dies_answers_500_at_once(
+        faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]) -> None:
+    """Single inference is not redelivered (no delivery cap protects it): the client gets
+    the internal-error 500 as soon as the process dies, not after its whole wait."""
+    from api.auth import issue_token
+    from inference.phantom_dicom import write_phantoms
+
+    app, root = faults_app
+    assert _alive(workers)
+    inp = root / "single-in"
+    write_phantoms(inp, 1, seed=4444, size=3072, compression="j2k")
+    killer = TaskKiller(app.extensions["cxr_celery"],
+                        lambda task_id, worker, pid: "child" if task_id.startswith("single-") else None,
+                        lambda name: None)
+    killer.start()
+    try:
+        started = time.monotonic()
+        response = app.test_client().post("/single_inference", headers={"Authorization": issue_token(app, "s")},
+                                          json={"input_image_path": str(next(inp.glob("*.dcm"))),
+                                                "output_folder_path": str(root / "single-out")})
+        elapsed = time.monotonic() - started
+    finally:
+        killer.stop()
+    assert [kind for _, _, kind in killer.kills] == ["child"]
+    assert response.status_code == 500
+    assert response.get_json()["Message"] == "Single Inference failed due to an internal error"
+    assert elapsed < 30  # the wait limit is 60 s; a redelivered task would run (and die) again
+    assert not (root / "single-out").exists() or [p.name for p in (root / "single-out").iterdir()
+                                                   if not p.name.startswith(".")] == []
