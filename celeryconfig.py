@@ -11,6 +11,12 @@ one image and differ only in their environment. The reasoning, with sources, is 
 * a soft time limit lets the task itself report a ``timeout`` skip; the hard limit
   (above it) kills a stuck child; Redis's visibility timeout is above the hard limit,
   or a long file would be delivered twice;
+* a child process that dies mid-file (OOM, segfault, SIGKILL) hands its message back
+  (``task_reject_on_worker_lost``) instead of failing the file; ``cxr.infer_file``
+  counts deliveries in the job record and gives a file up as ``worker_lost`` after
+  ``CXR_MAX_DELIVERIES``, so a file that kills its worker every time cannot loop;
+* a whole worker that dies (host lost, SIGKILL) leaves its messages unacknowledged in
+  Redis; they come back after the visibility timeout, found by a periodic sweep;
 * results and the broker connection retry by themselves, and results expire.
 
 Queues: ``inference`` takes the per-file and single-image tasks (run where the model
@@ -39,8 +45,45 @@ DEFAULT_QUEUE = "celery"
 #: The soft limit is clamped to the hard one (Celery refuses soft > hard); 0 disables it.
 task_time_limit = _env_float("CXR_TASK_HARD_LIMIT_S", 300.0)
 task_soft_time_limit = min(_env_float("CXR_TASK_SOFT_LIMIT_S", task_time_limit * 0.8), task_time_limit) or None
-#: Must exceed the hard limit plus retry countdowns, or a slow file is delivered twice.
-visibility_timeout = max(_env_float("CXR_VISIBILITY_TIMEOUT_S", 3600.0), task_time_limit * 2 + 60)
+#: Longest retry countdown of ``cxr.infer_file`` (``retry_backoff_max``): a retried message
+#: waits that long in a worker, unacknowledged, before it runs.
+RETRY_BACKOFF_MAX_S = 60
+#: The shortest visibility timeout under which no message can be redelivered while its
+#: task still runs (one full run plus the longest retry countdown plus a margin).
+SAFE_VISIBILITY_TIMEOUT_S = task_time_limit + RETRY_BACKOFF_MAX_S + 30
+
+
+def _visibility_timeout() -> float:
+    """``CXR_VISIBILITY_TIMEOUT_S`` as given; by default 1 h, at least the safe minimum.
+
+    It is also how long the files of a worker that died as a whole (host lost, SIGKILL
+    of the main process) wait before another worker takes them again, so an operator
+    may choose it lower than the safe minimum (the tests do, to stay short). The price:
+    a file running longer than the timeout is delivered a second time while it still
+    runs. Publishing is idempotent (same folder, same bytes, atomic swap), so the
+    duplicate is harmless but wasted work, and it counts towards CXR_MAX_DELIVERIES.
+    """
+    raw = os.environ.get("CXR_VISIBILITY_TIMEOUT_S", "").strip()
+    if raw:
+        return float(raw)
+    return max(3600.0, SAFE_VISIBILITY_TIMEOUT_S)
+
+
+visibility_timeout = _visibility_timeout()
+#: How often a worker looks for messages whose visibility timeout passed (kombu's
+#: default, 10 s x every 10th call, would add up to 100 s to a low timeout).
+unacked_restore_interval = max(1, min(60, int(visibility_timeout // 10)))
+#: The sweep holds a Redis lock (kombu's default expiry 300 s); a worker killed while
+#: holding it would stop every other worker's sweep until it expires.
+unacked_mutex_expire = max(10, min(300, unacked_restore_interval * 10))
+
+#: A file whose worker process died this many times while processing it is given up
+#: (skipped as ``worker_lost``) on its next delivery instead of being processed again.
+max_deliveries = max(1, int(_env_float("CXR_MAX_DELIVERIES", 3)))
+#: The stalled-job watchdog (``workers.watchdog``): a running job with no file recorded
+#: for ``stall_grace_s`` and none of its messages left in Redis is finalised as failed.
+stall_grace_s = _env_float("CXR_STALL_GRACE_S", 120.0)
+watchdog_interval_s = _env_float("CXR_WATCHDOG_INTERVAL_S", 30.0)
 
 broker_url = REDIS_URL
 # The producer-side backend never subscribes to result channels: the API polls job
@@ -49,6 +92,9 @@ result_backend = backend_url(REDIS_URL)
 
 broker_transport_options = {
     "visibility_timeout": visibility_timeout,
+    "unacked_restore_interval": unacked_restore_interval,
+    "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": unacked_mutex_expire,
     "socket_keepalive": True,
     "health_check_interval": 30,
     "retry_on_timeout": True,
@@ -75,6 +121,9 @@ task_routes = {
     "cxr.finalize_job": {"queue": DEFAULT_QUEUE},
 }
 task_acks_late = True
+# A killed child's message goes back to the queue (acknowledging it would lose the file);
+# the delivery cap in ``cxr.infer_file`` stops a file that kills its worker every time.
+task_reject_on_worker_lost = True
 task_track_started = True
 task_send_sent_event = True  # Flower shows queued tasks, not only received ones
 worker_send_task_events = True

@@ -20,6 +20,7 @@ from typing import Any
 from flask import Blueprint, current_app, url_for
 from flask_jwt_extended import jwt_required
 
+from api import BROKER_ERRORS
 from api.envelope import ApiError, envelope
 from api.requests import (
     boolean_field,
@@ -139,10 +140,14 @@ def bulk_inference() -> Any:
     for index, record in enumerate(found.refused, start=len(found.files)):
         store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
     celery = current_app.extensions["cxr_celery"]
-    if found.files:
-        send_bulk_job(celery, job_id, found.files, str(output), layout)
-    else:
-        send_finalize(celery, job_id)
+    try:
+        if found.files:
+            send_bulk_job(celery, job_id, found.files, str(output), layout)
+        else:
+            send_finalize(celery, job_id)
+    except BROKER_ERRORS:
+        _fail_unsent_job(store, job_id)
+        raise  # the broker error handler answers 503
     log.info("job %s: %d files sent, %d refused by discovery", job_id, len(found.files), len(found.refused))
     status_url = url_for("jobs.job_status", job_id=job_id)
     if not wait:
@@ -155,6 +160,20 @@ def bulk_inference() -> Any:
     if progress.status != "completed":
         raise ApiError(500, "Bulk inference failed due to an internal error", progress.summary)
     return envelope(200, BULK_OK, progress.summary)
+
+
+def _fail_unsent_job(store: Any, job_id: str) -> None:
+    """The record exists but the chord was not (fully) sent: it must not read "running".
+
+    Marked failed at once; tasks that did get out find the job finished and do nothing
+    (``cxr.infer_file``). If Redis is down for this write too, the record stays queued
+    with no messages, and the workers' stalled-job watchdog fails it later.
+    """
+    log.error("job %s: sending its tasks failed; the job is marked failed", job_id)
+    try:
+        store.fail(job_id, "the job's tasks could not be sent to the broker; nothing was processed")
+    except BROKER_ERRORS as exc:
+        log.error("job %s: could not mark the job failed either (%s)", job_id, type(exc).__name__)
 
 
 def _wait_for_job(store: Any, job_id: str, wait_s: float, interval_s: float) -> Any:

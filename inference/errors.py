@@ -101,5 +101,8 @@ SKIP_REASONS = (
     "decode_error",
     "inference_error",
     "timeout",
-    "outside_data_roots",
+    "outside_data_roots",  # a symbolic link in the input folder resolves outside CXR_DATA_ROOTS
+    "output_error",  # the output folder could not be written (disk full, read-only, permissions)
+    "worker_lost",  # the worker process died every time it processed the file (CXR_MAX_DELIVERIES)
+    "lost",  # the broker lost the file's task message; the file was not processed
 )

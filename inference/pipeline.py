@@ -22,6 +22,7 @@ Layout ``instance`` keeps every image under ``<patient>/<SOP Instance UID>/``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Iterable
@@ -146,8 +147,8 @@ def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id:
                  include_document: bool = False) -> dict[str, Any]:
     """Analyse and publish one file; return its file record (never raises for file problems).
 
-    ``OSError`` while publishing (disk full, permissions) becomes a skip with reason
-    ``inference_error``, ``stage: "publish"`` and a detail naming the failing operation,
+    ``OSError`` while publishing (disk full, read-only, permissions) becomes a skip with
+    reason ``output_error``, ``stage: "publish"`` and a detail naming the error,
     so one unwritable folder never loses the rest of a job. ``include_document`` adds
     the predictions document (findings, metadata) to the record, for single inference.
     """
@@ -165,9 +166,8 @@ def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id:
         log.info("skipped %s: %s", path, exc.reason)
         return record
     except OSError as exc:
-        record.update(reason="inference_error", stage="publish",
-                      detail=f"could not write the output folder ({exc.strerror or exc.__class__.__name__})")
-        log.warning("skipped %s: output not writable: %s", path, exc.__class__.__name__)
+        record.update(reason="output_error", stage="publish", detail=output_error_detail(exc))
+        log.warning("skipped %s: output not writable: %s", path, record["detail"])
         return record
     art.timings_ms["total"] = _ms(start)
     record.update(
@@ -219,6 +219,13 @@ def summarise(records: Iterable[dict[str, Any]], *, job_id: str, total: int) -> 
             "max_file_ms": round(float(np.max(timings)), 1) if timings else None,
         },
     }
+
+
+def output_error_detail(exc: OSError) -> str:
+    """``could not write the output folder (ENOSPC: No space left on device)``: errno name
+    and text, never the path (a record may travel further than the operator's log)."""
+    name = errno.errorcode.get(exc.errno or 0, exc.__class__.__name__)
+    return f"could not write the output folder ({name}: {exc.strerror or 'no detail'})"
 
 
 def _ms(since: float) -> float:

@@ -18,9 +18,11 @@ The rule that decides which image owns a folder (``layout: "patient"``):
 
 How a folder is replaced, so that readers see the old set or the new set, never a mix:
 
-1. every file is written and fsync'd into a fresh ``<root>/.tmp/<uuid>/``, on the same
-   file system as the target (the dot-folder is never taken for a patient folder, and
-   what a crashed writer leaves there stays there; see ``remove_stale_temp_dirs``);
+1. every file is written and fsync'd into a fresh ``<root>/.tmp/<job_id>.<uuid>/``, on
+   the same file system as the target (the dot-folder is never taken for a patient
+   folder); what a killed writer leaves there is removed when its job finishes
+   (``remove_job_temp_dirs``) or, for anything else, after an hour
+   (``remove_stale_temp_dirs``);
 2. an exclusive ``flock`` on ``<root>/.locks/<sha256 of the relative target>.lock``
    serialises all publishers of that folder, across processes and hosts sharing the
    lock semantics (local file systems; NFSv4 maps flock to byte-range locks);
@@ -123,7 +125,7 @@ def publish_artifacts(
     for name in files:
         _check_file_name(name)
     final_paths = {name: target / name for name in files}
-    staging = _write_staging_dir(root, files)
+    staging = _write_staging_dir(root, files, job_id)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _folder_lock(root, target):
@@ -160,6 +162,26 @@ def remove_stale_temp_dirs(
     return removed
 
 
+def remove_job_temp_dirs(output_root: Path, job_id: str) -> list[Path]:
+    """Delete the staging folders of ``job_id`` (``<root>/.tmp/<job_id>.*``).
+
+    Call it only once every task of the job has ended (its chord callback): then such a
+    folder can only be the leftover of a writer that was killed mid-publish.
+    """
+    temp_root = Path(output_root) / TEMP_DIR_NAME
+    if not temp_root.is_dir() or not _staging_prefix_ok(job_id):
+        return []
+    removed: list[Path] = []
+    for entry in temp_root.glob(f"{job_id}.*"):
+        _remove(entry)
+        removed.append(entry)
+    return removed
+
+
+def _staging_prefix_ok(job_id: str) -> bool:
+    return bool(job_id) and all(c.isalnum() or c in "-_" for c in job_id)
+
+
 def _target_folder(root: Path, folder_parts: Sequence[str]) -> Path:
     """The folder for ``folder_parts`` under ``root``; refuses dot names and symlinks."""
     if not folder_parts:
@@ -186,11 +208,12 @@ def _check_file_name(name: str) -> None:
         raise UnsafePathError(f"unsafe artifact file name: {name!r}")
 
 
-def _write_staging_dir(root: Path, files: Mapping[str, bytes]) -> Path:
-    """Write every file (fsync'd) into a fresh ``<root>/.tmp/<uuid>`` and return it."""
+def _write_staging_dir(root: Path, files: Mapping[str, bytes], job_id: str) -> Path:
+    """Write every file (fsync'd) into a fresh ``<root>/.tmp/<job_id>.<uuid>`` and return it."""
     temp_root = root / TEMP_DIR_NAME
     temp_root.mkdir(exist_ok=True)
-    staging = temp_root / uuid.uuid4().hex
+    prefix = f"{job_id}." if _staging_prefix_ok(job_id) else ""
+    staging = temp_root / f"{prefix}{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         for name, data in files.items():

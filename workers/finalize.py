@@ -1,12 +1,18 @@
 """Completing a bulk job: from per-file records to the job summary (no Celery here).
 
-Called by the chord callback, and by the chord's error path when a per-file task died
-in a way it could not report itself (hard time limit, killed child process). Either
-way every file of the job ends up in the summary, processed or skipped with a reason:
+Called by the chord callback, by the chord's error path when a per-file task died in
+a way it could not report itself (hard time limit), and by the stalled-job watchdog
+(``workers.watchdog``) when a job's messages were lost. Either way every file of the
+job ends up in the summary, processed or skipped with a reason:
 
 * a file with a record in the job store is taken as recorded;
 * a file without one is classified from how its task ended (``classify_lost_file``):
-  a hard time limit becomes ``timeout``, anything else ``inference_error``.
+  a hard time limit becomes ``timeout``; a task that left no trace at all becomes
+  ``lost`` when the watchdog finalises (its message is gone from Redis), else
+  ``inference_error``; anything else ``inference_error``.
+
+A job with a ``lost`` file ends ``failed`` (the summary's ``failure`` says why); every
+other job ends ``completed``, whatever its skips.
 
 The summary goes to the job record and to ``<output>/.jobs/<job_id>.json`` (written to
 a temporary name and renamed, so a reader never sees half a file). Running it twice
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.pipeline import summarise
-from reports.publish import remove_stale_temp_dirs
+from reports.publish import remove_job_temp_dirs, remove_stale_temp_dirs
 from workers.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -34,10 +40,22 @@ log = logging.getLogger(__name__)
 TaskOutcome = tuple[str, str] | None
 
 
-def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float) -> dict[str, Any]:
-    """A skip record for a file whose task ended without recording the file."""
+LOST_DETAIL = ("the file's task message is no longer in Redis (the broker restarted without its data, "
+               "or the queue was deleted); the file was not processed")
+LOST_FAILURE = "messages of this job were lost by the broker; the files listed as 'lost' were not processed"
+
+
+def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float, *,
+                       messages_lost: bool = False) -> dict[str, Any]:
+    """A skip record for a file whose task ended without recording the file.
+
+    ``messages_lost``: the caller (the watchdog) checked that no message of the job is
+    left in Redis, so a task with no stored result can never run.
+    """
     record: dict[str, Any] = {"path": path, "status": "skipped", "reason": "inference_error"}
-    if outcome is None:
+    if outcome is None and messages_lost:
+        record.update(reason="lost", detail=LOST_DETAIL)
+    elif outcome is None:
         record["detail"] = "the file's task left no result (lost message or expired result)"
     elif outcome[1] == "TimeLimitExceeded":
         record.update(reason="timeout", detail=f"hard time limit of {hard_limit_s:g} s exceeded; the process was stopped")
@@ -60,7 +78,7 @@ def write_summary_file(path: Path, summary: dict[str, Any]) -> None:
 
 
 def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], TaskOutcome], *,
-                 hard_limit_s: float) -> dict[str, Any]:
+                 hard_limit_s: float, messages_lost: bool = False) -> dict[str, Any]:
     meta = store.meta(job_id)
     total = int(meta.get("total", 0))
     paths = store.job_paths(job_id)
@@ -70,10 +88,12 @@ def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], Tas
         record = records.get(index)
         if record is None:
             path = paths[index] if index < len(paths) else f"<file {index}>"
-            record = classify_lost_file(path, task_outcome(index), hard_limit_s)
+            record = classify_lost_file(path, task_outcome(index), hard_limit_s, messages_lost=messages_lost)
             log.warning("job %s file %d had no record: %s", job_id, index, record["detail"])
         ordered.append(record)
     summary = summarise(ordered, job_id=job_id, total=total)
+    if any(r.get("reason") == "lost" for r in ordered):
+        summary.update(status="failed", failure=LOST_FAILURE)
     now = time.time()
     created = float(meta.get("created_at", now))
     started = float(meta["started_at"]) if meta.get("started_at") else None
@@ -92,6 +112,10 @@ def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], Tas
         log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, exc.strerror)
     store.finish(job_id, summary)
     try:
+        # Every task of the job has ended: its staging folders are leftovers of killed writers.
+        removed = remove_job_temp_dirs(output_root, job_id)
+        if removed:
+            log.warning("job %s: removed %d staging folder(s) left by killed workers", job_id, len(removed))
         remove_stale_temp_dirs(output_root)
     except OSError as exc:
         log.warning("job %s: could not clean stale staging folders: %s", job_id, exc.strerror)

@@ -12,13 +12,19 @@ Keys (all expire ``CXR_JOB_TTL_S`` after the last write, default 7 days):
   (the JSON job summary, once finished);
 * ``cxr:job:<id>:files``: a hash, file index -> the file's record (JSON);
 * ``cxr:job:<id>:paths``: a list, the job's input files by index (so that a file whose
-  task died without a word can still be named in the summary).
+  task died without a word can still be named in the summary);
+* ``cxr:job:<id>:starts``: a hash, file index -> how many times a worker started the
+  file's task (``begin_file``), to give up a file that kills its worker every time;
+* ``cxr:jobs:active``: a set of the ids of jobs not finished yet, for the stalled-job
+  watchdog (``workers.watchdog``).
 
 The per-file keys are deleted when the job finishes (the summary holds their content).
 
 Recording a file is idempotent (a Lua script): a redelivered task that stores the same
-file again moves the counters only if the file's status changed. Nothing here imports
-Celery, Flask or TensorFlow.
+file again moves the counters only if the file's status changed. A finished job, or
+one whose record is gone (expired, or Redis lost its data), takes no more file records:
+a late or duplicate task cannot reopen it. Nothing here imports Celery, Flask or
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -37,11 +43,18 @@ from redis.retry import Retry
 JOB_KEY = "cxr:job:{job_id}"
 FILES_KEY = "cxr:job:{job_id}:files"
 PATHS_KEY = "cxr:job:{job_id}:paths"
+STARTS_KEY = "cxr:job:{job_id}:starts"
+ACTIVE_KEY = "cxr:jobs:active"
 FINISHED = ("completed", "failed")
 DEFAULT_JOB_TTL_S = 7 * 86400
 
-# KEYS[1] job hash, KEYS[2] files hash; ARGV: index, record JSON, new status, ttl.
+# KEYS[1] job hash, KEYS[2] files hash; ARGV: index, record JSON, new status, ttl, now.
+# Returns 1 (first record of the file), 0 (recorded again), -1 (job gone or finished).
 _RECORD_FILE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'completed' or status == 'failed' then
+  return -1
+end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if old then
@@ -57,15 +70,47 @@ if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running')
 end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[5])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
+redis.call('HDEL', KEYS[1], 'stalled_seen_at')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return old and 0 or 1
+"""
+
+# KEYS[1] job hash, KEYS[2] files hash, KEYS[3] starts hash; ARGV: index, ttl.
+# Returns {"gone"|"finished"|"recorded"|"start", starts so far (with this one), record}.
+_BEGIN_FILE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return {'gone', 0, false}
+end
+if status == 'completed' or status == 'failed' then
+  return {'finished', 0, false}
+end
+local record = redis.call('HGET', KEYS[2], ARGV[1])
+if record then
+  return {'recorded', 0, record}
+end
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return {'start', n, false}
 """
 
 
 def job_ttl_s(environ: Mapping[str, str] | None = None) -> int:
     raw = (environ if environ is not None else os.environ).get("CXR_JOB_TTL_S", "").strip()
     return int(float(raw)) if raw else DEFAULT_JOB_TTL_S
+
+
+@dataclass(frozen=True)
+class FileStart:
+    """What ``begin_file`` found. ``state``: ``start`` (process the file; ``starts``
+    counts this delivery), ``recorded`` (an earlier delivery recorded it: ``record``),
+    ``finished`` (the job is over: do nothing) or ``gone`` (no such job record)."""
+
+    state: str
+    starts: int
+    record: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -96,6 +141,7 @@ class JobStore:
         self.client = client
         self.ttl_s = ttl_s if ttl_s is not None else job_ttl_s()
         self._record_file = client.register_script(_RECORD_FILE)
+        self._begin_file = client.register_script(_BEGIN_FILE)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int | None = None, *, retries: int = 3, **kwargs: Any) -> JobStore:
@@ -120,6 +166,7 @@ class JobStore:
                                 "input": input_path, "output": output_path, "layout": layout,
                                 "created_at": f"{time.time():.3f}"})
         pipe.expire(key, self.ttl_s)
+        pipe.sadd(ACTIVE_KEY, job_id)
         pipe.execute()
 
     def job_paths(self, job_id: str) -> list[str]:
@@ -129,14 +176,54 @@ class JobStore:
         raw = self.client.hgetall(JOB_KEY.format(job_id=job_id))
         return {str(k): str(v) for k, v in raw.items() if k != "summary"}
 
-    def record_file(self, job_id: str, index: int, record: Mapping[str, Any]) -> bool:
-        """Store one file's record; True the first time this file is recorded."""
+    def begin_file(self, job_id: str, index: int) -> FileStart:
+        """Called when a worker starts a file's task: count the delivery, or say why not to."""
+        state, starts, record = self._begin_file(
+            keys=[JOB_KEY.format(job_id=job_id), FILES_KEY.format(job_id=job_id),
+                  STARTS_KEY.format(job_id=job_id)],
+            args=[index, self.ttl_s])
+        return FileStart(str(state), int(starts), json.loads(record) if record else None)
+
+    def record_file(self, job_id: str, index: int, record: Mapping[str, Any]) -> bool | None:
+        """Store one file's record; True the first time this file is recorded, False when
+        it was recorded before, None when the job is finished or its record gone."""
         added = self._record_file(
             keys=[JOB_KEY.format(job_id=job_id), FILES_KEY.format(job_id=job_id)],
             args=[index, json.dumps(record, ensure_ascii=False), record["status"], self.ttl_s,
                   f"{time.time():.3f}"],
         )
-        return bool(added)
+        return None if int(added) < 0 else bool(added)
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """Finish a job that never got going (its chord could not be sent): ``failed``,
+        every file skipped as ``lost``. Tasks that did get out find the job finished
+        and do nothing, so no file is processed behind the summary's back."""
+        paths = self.job_paths(job_id)
+        records = self.file_records(job_id)  # files refused at discovery keep their own reason
+        skipped = [{"path": p, "reason": records[i].get("reason", "lost"), "detail": records[i].get("detail", reason)}
+                   if i in records else {"path": p, "reason": "lost", "detail": reason}
+                   for i, p in enumerate(paths)]
+        self.finish(job_id, {"job_id": job_id, "status": "failed", "total": len(paths), "processed": 0,
+                             "skipped": skipped, "superseded": [], "outputs": {}, "timings": {},
+                             "workers": [], "summary_file": None, "failure": reason})
+
+    def active_jobs(self) -> list[str]:
+        return sorted(str(j) for j in self.client.smembers(ACTIVE_KEY))
+
+    def forget_active(self, job_id: str) -> None:
+        self.client.srem(ACTIVE_KEY, job_id)
+
+    def mark_stalled_seen(self, job_id: str, when: float) -> float | None:
+        """Note that a sweep found the job stalled; returns the earlier note, if any."""
+        key = JOB_KEY.format(job_id=job_id)
+        pipe = self.client.pipeline()
+        pipe.hget(key, "stalled_seen_at")
+        pipe.hsetnx(key, "stalled_seen_at", f"{when:.3f}")
+        earlier, _ = pipe.execute()
+        return float(earlier) if earlier else None
+
+    def clear_stalled_seen(self, job_id: str) -> None:
+        self.client.hdel(JOB_KEY.format(job_id=job_id), "stalled_seen_at")
 
     def file_records(self, job_id: str) -> dict[int, dict[str, Any]]:
         raw = self.client.hgetall(FILES_KEY.format(job_id=job_id))
@@ -149,7 +236,10 @@ class JobStore:
                                 "summary": json.dumps(summary, ensure_ascii=False)})
         pipe.expire(key, self.ttl_s)
         # The per-file records live on in the summary; drop the hash now.
-        pipe.delete(FILES_KEY.format(job_id=job_id), PATHS_KEY.format(job_id=job_id))
+        pipe.delete(FILES_KEY.format(job_id=job_id), PATHS_KEY.format(job_id=job_id),
+                    STARTS_KEY.format(job_id=job_id))
+        pipe.hdel(key, "stalled_seen_at")
+        pipe.srem(ACTIVE_KEY, job_id)
         pipe.execute()
 
     def progress(self, job_id: str) -> JobProgress | None:

@@ -7,10 +7,18 @@ Like a web view, each task unpacks its arguments, calls plain functions
   a file problem: a refused or failed file becomes a skip record, so the chord callback
   always runs. Its soft time limit becomes a ``timeout`` skip. Only a transient Redis
   failure (recording the result) raises, and is retried with exponential backoff.
+  Each start is counted in the job record first (``JobStore.begin_file``): a file
+  recorded by an earlier delivery is not processed again; a file of a finished or
+  unknown job is not processed at all; and a file whose worker process died
+  ``CXR_MAX_DELIVERIES`` times while processing it (the message comes back each time,
+  ``task_reject_on_worker_lost``) is skipped as ``worker_lost`` on its next delivery.
 * ``cxr.infer_single`` (queue ``inference``): ``POST /single_inference``.
 * ``cxr.finalize_job`` (default queue): the chord callback; writes the job summary.
-* ``cxr.chord_failed``: the callback's error hook, called when a per-file task died
-  without reporting (hard time limit, killed process); it finalises the job anyway.
+* ``cxr.chord_failed``: the callback's error hook, called once every file's task has
+  ended, when one of them ended without reporting (hard time limit); it finalises the
+  job anyway. A killed process no longer ends a task (its message is redelivered).
+
+The worker's main process also runs the stalled-job watchdog (``workers.watchdog``).
 
 The model is loaded once per worker *process*, after the fork (``worker_process_init``),
 never in the parent: CUDA state does not survive a fork. The parent only checks the
@@ -42,6 +50,7 @@ from workers.app import app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
 from workers.jobs import JobStore
+from workers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # fpdf2's font subsetting chatters at INFO
@@ -93,6 +102,11 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
         threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
         os.environ["CXR_TF_THREADS"] = str(threads)
     log.info("%d worker processes, %s TensorFlow threads each", concurrency, os.environ["CXR_TF_THREADS"])
+    if celeryconfig.visibility_timeout < celeryconfig.SAFE_VISIBILITY_TIMEOUT_S:
+        log.warning("CXR_VISIBILITY_TIMEOUT_S=%g is below %g s (hard limit + longest retry countdown + margin): "
+                    "a file running longer than %g s is delivered a second time while it runs",
+                    celeryconfig.visibility_timeout, celeryconfig.SAFE_VISIBILITY_TIMEOUT_S,
+                    celeryconfig.visibility_timeout)
 
 
 @signals.worker_process_init.connect
@@ -100,9 +114,50 @@ def _load_model(**_: Any) -> None:
     predictor()
 
 
+@signals.worker_ready.connect
+def _start_watchdog(sender: Any = None, **_: Any) -> None:
+    """Main process, once the worker consumes: the stalled-job watchdog (daemon thread)."""
+    conf = celeryconfig
+    watchdog = Watchdog(JobStore.from_url(conf.REDIS_URL, retries=2), (conf.INFERENCE_QUEUE, conf.DEFAULT_QUEUE),
+                        _outcome_lookup, grace_s=conf.stall_grace_s, interval_s=conf.watchdog_interval_s,
+                        hard_limit_s=app.conf.task_time_limit, name=getattr(sender, "hostname", "worker"))
+    watchdog.start()
+    _state["watchdog"] = watchdog
+    log.info("stalled-job watchdog: sweep every %g s, grace %g s", conf.watchdog_interval_s, conf.stall_grace_s)
+
+
+@signals.worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    if "watchdog" in _state:
+        _state.pop("watchdog").stop()
+
+
+def worker_lost_record(path: str, deaths: int) -> dict[str, Any]:
+    return {"path": path, "status": "skipped", "reason": "worker_lost",
+            "detail": f"the worker process died {deaths} times while processing this file; given up"}
+
+
 @app.task(name="cxr.infer_file", bind=True, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
-          retry_backoff_max=60, retry_jitter=True, max_retries=5)
+          retry_backoff_max=celeryconfig.RETRY_BACKOFF_MAX_S, retry_jitter=True, max_retries=5)
 def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
+    begun = job_store().begin_file(job_id, index)
+    if begun.state in ("gone", "finished"):
+        log.warning("file %d of job %s not processed: the job is %s", index, job_id, begun.state)
+        return {"index": index, "status": "skipped", "job": begun.state}
+    if begun.state == "recorded" and begun.record is not None:
+        log.info("file %d of job %s was recorded by an earlier delivery; not processed again", index, job_id)
+        return {"index": index, "status": begun.record["status"]}
+    # Starts that ended inside the task (a retry after a Redis error) are not deaths.
+    deaths = begun.starts - 1 - int(self.request.retries or 0)
+    if deaths >= celeryconfig.max_deliveries:
+        record = worker_lost_record(path, deaths)
+        log.error("file %d of job %s (%s): worker died %d times on it; given up", index, job_id, path, deaths)
+        record.update(index=index, worker=self.request.hostname)
+        job_store().record_file(job_id, index, record)
+        return {"index": index, "status": record["status"]}
+    if deaths:
+        log.warning("file %d of job %s: delivery %d (the worker died %d time(s) on it)", index, job_id,
+                    deaths + 1, deaths)
     try:
         record = process_file(Path(path), Path(output), predictor(), job_id=job_id, layout=layout,
                               options=read_options())
@@ -111,14 +166,21 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
                   "detail": f"soft time limit of {app.conf.task_soft_time_limit:g} s exceeded"}
         log.warning("file %d of job %s: soft time limit exceeded", index, job_id)
     record.update(index=index, worker=self.request.hostname)
-    job_store().record_file(job_id, index, record)
+    if deaths:
+        record["deliveries"] = deaths + 1
+    if job_store().record_file(job_id, index, record) is None:
+        log.warning("file %d of job %s: the job finished while the file was processed; not recorded", index, job_id)
     return {"index": index, "status": record["status"]}
 
 
-@app.task(name="cxr.infer_single", bind=True, acks_late=True)
+@app.task(name="cxr.infer_single", bind=True, acks_late=True, reject_on_worker_lost=False)
 def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | None,
                  request_id: str) -> dict[str, Any]:
-    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64."""
+    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
+
+    Not redelivered when its process dies (no delivery cap here): the client waiting on
+    it gets a 500 at once instead of a file that may kill worker after worker.
+    """
     try:
         if output is not None:
             record = process_file(Path(path), Path(output), predictor(), job_id=request_id, layout="patient",
@@ -152,7 +214,11 @@ def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[
 
 @app.task(name="cxr.chord_failed")
 def chord_failed(request: Any, exc: BaseException, traceback: Any, job_id: str) -> None:
-    """Runs in the process that saw the chord fail; hands the job to ``cxr.finalize_job``."""
+    """Runs in the process that saw the chord fail; hands the job to ``cxr.finalize_job``.
+
+    The Redis backend fails the chord only when *every* file's task has ended (Celery 5.7
+    counts each task id once), so no other file of the job is still running here.
+    """
     log.warning("job %s: a file's task failed without reporting (%s); finalising anyway",
                 job_id, type(exc).__name__)
     app.signature("cxr.finalize_job", kwargs={"job_id": job_id}).apply_async()

@@ -229,6 +229,6 @@ def test_unwritable_output_is_a_reasoned_skip(tmp_path, phantom_dir, predictor):
     record = process_file(
         min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-6"
     )
-    assert record["status"] == "skipped" and record["reason"] == "inference_error"
-    assert "could not write" in record["detail"]
+    assert record["status"] == "skipped" and record["reason"] == "output_error"
+    assert record["detail"].startswith("could not write the output folder (E")
     assert sorted(p.name for p in out.iterdir()) == [".tmp"]

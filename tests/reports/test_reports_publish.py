@@ -16,7 +16,12 @@ import pytest
 
 from reports import publish
 from reports.naming import UnsafePathError
-from reports.publish import artifact_names, publish_artifacts, remove_stale_temp_dirs
+from reports.publish import (
+    artifact_names,
+    publish_artifacts,
+    remove_job_temp_dirs,
+    remove_stale_temp_dirs,
+)
 
 FOLDER = "PAT-1"
 
@@ -276,6 +281,32 @@ def test_remove_stale_temp_dirs(output_root: Path) -> None:
     os.utime(temp / "crashed", (old, old))
     assert remove_stale_temp_dirs(output_root) == [temp / "crashed"]
     assert [p.name for p in temp.iterdir()] == ["live"]
+
+
+def test_remove_job_temp_dirs_takes_only_that_jobs_leftovers(output_root: Path) -> None:
+    """What a writer killed mid-publish leaves is named after its job, and goes when the
+    job finishes; another job's staging folder (maybe live) stays."""
+    temp = output_root / ".tmp"
+    (temp / "job-a.1f2e").mkdir(parents=True)
+    (temp / "job-a.1f2e" / "half.pdf").write_bytes(b"%PDF-")
+    (temp / "job-b.9c0d").mkdir()
+    assert remove_job_temp_dirs(output_root, "job-a") == [temp / "job-a.1f2e"]
+    assert [p.name for p in temp.iterdir()] == ["job-b.9c0d"]
+    assert remove_job_temp_dirs(output_root, "*") == []  # never a pattern
+
+
+def test_staging_folder_is_named_after_its_job(output_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = publish._swap_into_place
+
+    def spy(staging: Path, target: Path) -> None:
+        seen.append(staging.name)
+        real(staging, target)
+
+    monkeypatch.setattr(publish, "_swap_into_place", spy)
+    publish_artifacts(output_root, [FOLDER], artifacts("a", "job-7", ["1"]), job_id="job-7", rank=["1"],
+                      layout="patient")
+    assert len(seen) == 1 and seen[0].startswith("job-7.")
 
 
 def test_publisher_waits_for_the_folder_lock(output_root: Path) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from workers.finalize import classify_lost_file
 from tests.service.support import redis_db_url
-from workers.jobs import FILES_KEY, JOB_KEY, PATHS_KEY, JobStore
+from workers.finalize import classify_lost_file
+from workers.jobs import FILES_KEY, JOB_KEY, PATHS_KEY, STARTS_KEY, JobStore
 
 IDLE_DB_URL = redis_db_url(15)
 
@@ -101,3 +101,29 @@ def test_the_producer_holds_no_result_subscriptions() -> None:
         assert consumer._pubsub is None
     finally:
         client.flushdb()
+
+
+def test_begin_file_counts_starts_and_says_when_not_to_process(store: JobStore) -> None:
+    store.create("j3", paths=["/in/a.dcm", "/in/b.dcm"], input_path="/in", output_path="/out", layout="patient")
+    assert [store.begin_file("j3", 0).starts for _ in range(3)] == [1, 2, 3]  # three deliveries of file 0
+    assert store.begin_file("j3", 0).state == "start"
+    store.record_file("j3", 0, _record("processed"))
+    again = store.begin_file("j3", 0)
+    assert (again.state, again.record) == ("recorded", _record("processed"))
+    assert store.begin_file("unknown", 0).state == "gone"
+    store.finish("j3", {"job_id": "j3", "status": "completed", "total": 2})
+    assert store.begin_file("j3", 1).state == "finished"
+    assert not store.client.exists(STARTS_KEY.format(job_id="j3"))
+    assert store.active_jobs() == []
+
+
+def test_a_finished_or_vanished_job_takes_no_more_file_records(store: JobStore) -> None:
+    """A late or duplicate task can neither reopen a finished job nor recreate a lost one."""
+    store.create("j4", paths=["/in/a.dcm"], input_path="/in", output_path="/out", layout="patient")
+    assert store.active_jobs() == ["j4"]
+    store.finish("j4", {"job_id": "j4", "status": "failed", "total": 1})
+    assert store.record_file("j4", 0, _record("processed")) is None
+    progress = store.progress("j4")
+    assert progress is not None and (progress.status, progress.processed) == ("failed", 0)
+    assert store.record_file("gone", 0, _record("processed")) is None
+    assert store.client.keys("cxr:job:gone*") == []
