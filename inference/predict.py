@@ -30,12 +30,19 @@ _configured = False
 _config_lock = threading.Lock()
 
 
+def mixed_precision_from_env() -> bool:
+    """``CXR_MIXED_PRECISION`` is 1/true/yes/on: compute in float16 where Keras allows (GPU hosts)."""
+    return os.environ.get("CXR_MIXED_PRECISION", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def configure_tensorflow(threads: int | None = None, *, deterministic: bool = True,
-                         mixed_precision: bool = False) -> dict[str, Any]:
+                         mixed_precision: bool | None = None) -> dict[str, Any]:
     """Size TensorFlow's thread pools and set reproducibility; idempotent per process.
 
     ``threads`` defaults to ``CXR_TF_THREADS`` or the cores this process may use.
     On GPU hosts memory growth is enabled so several processes can share a card.
+    ``mixed_precision`` defaults to ``CXR_MIXED_PRECISION``; it sets Keras' global
+    ``mixed_float16`` policy, so it must run before the model is loaded.
     Returns what was set, for logging.
     """
     global _configured
@@ -56,11 +63,13 @@ def configure_tensorflow(threads: int | None = None, *, deterministic: bool = Tr
         for gpu in tf.config.list_physical_devices("GPU"):
             try:
                 tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass
+            except RuntimeError:  # the device was initialised first: it keeps its allocator
+                log.warning("memory growth not enabled on %s: TensorFlow initialised it first", gpu.name)
         info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
         if deterministic:
             tf.config.experimental.enable_op_determinism()
+        if mixed_precision is None:
+            mixed_precision = mixed_precision_from_env()
         if mixed_precision:
             import keras
 
