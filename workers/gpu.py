@@ -14,7 +14,7 @@ there too, after the fork: CUDA state does not survive ``fork``).
   shared, which TensorFlow's memory growth (``configure_tensorflow``) allows.
 * No GPU: nothing is changed and the child runs on the CPU.
 * ``CXR_MIXED_PRECISION=1`` turns on Keras' ``mixed_float16`` policy (read by
-  ``inference.predict.configure_tensorflow``).
+  ``inference.predict.configure_tensorflow``); the device log names the policy in force.
 
 ``default_concurrency`` gives the worker's process count (``CXR_WORKER_CONCURRENCY``,
 else one per GPU, else one per core); ``python -m workers.gpu concurrency`` prints it for
@@ -31,8 +31,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from inference.predict import mixed_precision_from_env
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +118,12 @@ def describe_device() -> str:
 
 
 def log_device() -> str:
+    """Log (and return) the device, after the model loaded; the policy is Keras' own."""
+    import keras
+
     device = describe_device()
-    log.info("process %d runs on %s (CUDA_VISIBLE_DEVICES=%s, mixed precision %s)", os.getpid(), device,
-             os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), "on" if mixed_precision_from_env() else "off")
+    log.info("process %d runs on %s (CUDA_VISIBLE_DEVICES=%s, Keras policy %s)", os.getpid(), device,
+             os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), keras.mixed_precision.global_policy().name)
     return device
 
 
