@@ -79,6 +79,34 @@ def configure_tensorflow(threads: int | None = None, *, deterministic: bool = Tr
         return info
 
 
+def apply_global_policy(model: Any, *, keep_float32_from: str | None = None) -> Any:
+    """``model`` computing under Keras' global dtype policy (``mixed_float16`` when
+    ``configure_tensorflow`` enabled mixed precision); the model itself when it is float32.
+
+    A loaded model keeps the policy its layers were saved with, whatever the global
+    policy says, so mixed precision needs a copy built with the policy and given the
+    same weights. Layers from ``keep_float32_from`` (the Grad-CAM layer) on stay float32:
+    Grad-CAM differentiates the score by that layer's output, and the small head costs
+    little in float32.
+    """
+    import keras
+
+    policy = keras.mixed_precision.global_policy().name
+    if policy == "float32":
+        return model
+    names = [layer.name for layer in model.layers]
+    keep = set(names[names.index(keep_float32_from):]) if keep_float32_from in names else set()
+
+    def rebuild(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name in keep else policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 @dataclass
 class Analysis:
     """Model output for one image."""
@@ -110,6 +138,7 @@ class Predictor:
         except Exception as exc:  # Keras raises many types for a bad file
             raise BundleError(f"model bundle {self.bundle.path}: cannot load {self.bundle.weights_file}: "
                               f"{exc.__class__.__name__}") from exc
+        model = apply_global_policy(model, keep_float32_from=self.bundle.gradcam_layer)
         self.model = model
         try:
             cam_layer = model.get_layer(self.bundle.gradcam_layer)

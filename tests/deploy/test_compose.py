@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -476,3 +477,108 @@ def test_docker_compose_config_accepts_both_files(tmp_path: Path) -> None:
     missing = subprocess.run(["docker", "compose", "-f", MAIN.name, "config", "-q"], cwd=work,
                              env={**env, "CXR_REDIS_PASSWORD": ""}, capture_output=True, text=True, check=False)
     assert missing.returncode != 0 and "CXR_REDIS_PASSWORD" in missing.stderr
+
+
+# -- the API and Flower start as the compose file runs them ------------------------------------
+
+
+def substituted(value: str) -> str:
+    """A compose value with each ``${VAR:-default}`` replaced by its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, auth: str | None = None,
+              timeout: float = 60.0) -> int:
+    """The first HTTP status the server answers with (basic ``auth`` if given)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {timeout} s: {log.read_text()[-3000:]}")
+
+
+def token_for(secret: str, redis_url: str) -> str:
+    from api import create_app
+    from api.auth import issue_token
+
+    return issue_token(create_app({"CXR_JWT_SECRET": secret, "REDIS_URL": redis_url, "TESTING": True}), "compose")
+
+
+def wait_http_token(url: str, token: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": token}), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def start_service(name: str, svc: dict[str, Any], env: dict[str, str], tmp_path: Path,
+                  replace: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """The service's command, its programs taken from this venv, run from a folder outside
+    the repository (imports come from the installed project, as in the image)."""
+    args = [replace.get(a, a) for a in argv(svc["command"])]
+    args[0] = str(Path(sys.executable).parent / args[0])
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc, log
+
+
+def test_api_and_flower_start_as_the_compose_file_runs_them(tmp_path: Path) -> None:
+    import redis
+
+    from cxr.stack import Child, free_port, stop_group
+    from tests.service.support import redis_db_url
+
+    main = services(MAIN)
+    redis_url = redis_db_url(4)  # this module's and tests/workers/test_gpu.py's database, flushed
+    redis.Redis.from_url(redis_url).flushdb()
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    api_env = {k: substituted(v) for k, v in env_of(main["api"]).items()}
+    secret = tmp_path / "jwt-secret"
+    secret.write_text("s" * 48 + "\n")
+    api_port, flower_port = free_port(), free_port()
+    api_env.update(base, REDIS_URL=redis_url, CXR_JWT_SECRET_FILE=str(secret), CXR_HOST="127.0.0.1",
+                   CXR_PORT=str(api_port), CXR_API_WORKERS="1")
+    assert api_env["CXR_ENV"] == "production"  # so the secret file and data roots are really required
+    api, api_log = start_service("api", main["api"], api_env, tmp_path, {})
+
+    flower_env = dict(base, CELERY_BROKER_URL=redis_url)
+    for line in (ROOT / "docker/flower.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            flower_env[key] = value
+    flower, flower_log = start_service("flower", main["flower"], flower_env, tmp_path,
+                                       {"--port=5555": f"--port={flower_port}"})
+    try:
+        assert wait_http(f"http://127.0.0.1:{api_port}/ping", api, api_log) == 200
+        # A token signed with the secret file's content is accepted: the API read the Docker secret.
+        jobs = f"http://127.0.0.1:{api_port}/jobs/no-such-job"
+        assert wait_http(jobs, api, api_log) == 401
+        assert wait_http_token(jobs, token_for(secret.read_text().strip(), redis_url)) == 404
+        url = f"http://127.0.0.1:{flower_port}"
+        assert wait_http(f"{url}/healthcheck", flower, flower_log) == 200
+        assert wait_http(f"{url}/", flower, flower_log) == 401, "Flower must ask for a password"
+        assert wait_http(f"{url}/", flower, flower_log, auth=flower_env["FLOWER_BASIC_AUTH"]) == 200
+    finally:
+        stop_group(Child("flower", flower, flower_log))
+        stop_group(Child("api", api, api_log))
+        redis.Redis.from_url(redis_url).flushdb()
+    assert redis_url.split("//", 1)[1] in flower_log.read_text(), "Flower watches CELERY_BROKER_URL's Redis"

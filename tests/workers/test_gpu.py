@@ -1,32 +1,30 @@
 """GPU start-up (``workers/gpu.py``): which GPU each worker process takes, and what it logs.
 
 No GPU exists where these tests run. The choice of device is a pure function, tested
-as a table; a real ``celery worker`` with two prefork processes shows that each child
-pins the GPU of its own pool index before TensorFlow starts and that the log says it
-runs on the CPU here. Mixed precision runs the real model in a subprocess (the Keras
-policy is global to a process) and must agree with float32.
-Redis: database 15 on the test server (flushed at start and end).
+as a table; the workers' container entrypoint, run for real with two GPU ids, shows
+that it starts a process per GPU, that each child pins the GPU of its own pool index
+before TensorFlow starts, and that the log says it runs on the CPU here.
+Redis: database 4 on the test server (flushed at start and end).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import redis
 
-from tests.service.support import ROOT, WorkerProcess, redis_db_url, worker_env
+from cxr.stack import Child, stop_group
+from tests.service.support import ROOT, redis_db_url, worker_env
 from workers.gpu import default_concurrency, device_for_process, visible_gpu_ids
 
-REDIS_URL = redis_db_url(15)
+REDIS_URL = redis_db_url(4)
 
 
 @pytest.mark.parametrize(("cuda_visible", "nodes", "expected"), [
@@ -84,55 +82,38 @@ def redis_db() -> Iterator[redis.Redis]:
     client.close()
 
 
-def wait_for_lines(log: Path, pattern: str, count: int, worker: WorkerProcess, timeout: float = 90.0) -> list[str]:
+def wait_for_lines(log: Path, pattern: str, count: int, proc: subprocess.Popen[bytes],
+                   timeout: float = 90.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lines = re.findall(pattern, log.read_text(errors="replace"))
         if len(lines) >= count:
             return lines
-        if worker.proc.poll() is not None:
+        if proc.poll() is not None:
             break
         time.sleep(0.3)
     raise AssertionError(f"{count} x {pattern!r} not in the worker log:\n{log.read_text()[-3000:]}")
 
 
-def test_real_worker_pins_one_gpu_per_process_and_logs_cpu_here(redis_db: redis.Redis, tmp_path: Path) -> None:
-    """Two prefork children given GPUs "0,1": child i takes GPU i; with no GPU here
-    (TensorFlow's CPU build) each then logs that it runs on the CPU."""
+def test_worker_entrypoint_runs_one_process_per_gpu_each_pinned_and_logs_cpu_here(
+        redis_db: redis.Redis, tmp_path: Path) -> None:
+    """``docker/worker.sh`` (the images' ``cxr-worker``) as a container runs it, told of two
+    GPUs: it starts two processes (no CXR_WORKER_CONCURRENCY), process i pins GPU i, and
+    with no GPU here (TensorFlow's CPU build) each logs that it runs on the CPU, under
+    the mixed precision policy that CXR_MIXED_PRECISION asked for."""
     log = tmp_path / "worker.log"
-    env = worker_env(REDIS_URL, CUDA_VISIBLE_DEVICES="0,1", CXR_MIXED_PRECISION="1")
-    worker = WorkerProcess("gpu-test", log, env, concurrency=2)
-    try:
-        pinned = wait_for_lines(log, r"pool process (\d): GPU (\d) of 0,1", 2, worker)
-        runs = wait_for_lines(log, r"runs on (\S+) \(CUDA_VISIBLE_DEVICES=(\d), Keras policy (\w+)\)", 2,
-                              worker)
-    finally:
-        worker.stop()
+    env = worker_env(REDIS_URL, CUDA_VISIBLE_DEVICES="0,1", CXR_MIXED_PRECISION="1", CXR_WORKER_NAME="gpu-test",
+                     PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("CXR_WORKER_CONCURRENCY", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["sh", str(ROOT / "docker/worker.sh"), "--without-mingle", "--without-gossip"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            pinned = wait_for_lines(log, r"pool process (\d): GPU (\d) of 0,1", 2, proc)
+            runs = wait_for_lines(log, r"runs on (\S+) \(CUDA_VISIBLE_DEVICES=(\d), Keras policy (\w+)\)", 2, proc)
+        finally:
+            stop_group(Child("gpu-test", proc, log))
     assert sorted(pinned) == [("0", "0"), ("1", "1")]
     assert sorted(runs) == [("CPU", "0", "mixed_float16"), ("CPU", "1", "mixed_float16")]
-
-
-MIXED_SCRIPT = """
-import json, sys
-from inference.predict import Predictor, configure_tensorflow
-from inference.phantoms import make_phantom
-info = configure_tensorflow(threads=1)
-p = Predictor()
-policies = sorted({layer.dtype_policy.name for layer in p.model.layers})
-a = p.analyse(make_phantom(seed=7, index=0, size=256).image)
-print(json.dumps({"mixed": info["mixed_precision"], "policies": policies,
-                  "probabilities": a.probabilities.tolist(), "heatmap_index": a.heatmap_index}))
-"""
-
-
-def test_mixed_precision_runs_the_model_in_float16_and_agrees_with_float32(predictor: Any) -> None:
-    from inference.phantoms import make_phantom
-
-    done = subprocess.run([sys.executable, "-c", MIXED_SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180, check=False, env=worker_env(REDIS_URL, CXR_MIXED_PRECISION="1"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    mixed = json.loads(done.stdout.strip().splitlines()[-1])
-    assert mixed["mixed"] is True and "mixed_float16" in mixed["policies"]
-    reference = predictor.analyse(make_phantom(seed=7, index=0, size=256).image)
-    np.testing.assert_allclose(mixed["probabilities"], reference.probabilities, atol=0.02)
-    assert mixed["heatmap_index"] == reference.heatmap_index
+    assert re.search(r"gpu-test@\S+ v\d", log.read_text()), "the node is named CXR_WORKER_NAME@hostname"
+    assert "concurrency: 2 (prefork)" in log.read_text()
