@@ -15,7 +15,10 @@ import re
 import sys
 from pathlib import Path
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (the project's oldest): tomli, which mypy brings into the dev environment
+    import tomli as tomllib
 
 #: Distributions that ship the ``tensorflow`` package (CPU or CUDA build): two of them
 #: in one environment overwrite each other's files.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
 import os
 import re
 import shlex
@@ -28,11 +29,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: tomli comes with mypy
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "docker-compose.yml"
@@ -99,25 +95,19 @@ def argv(command: Any) -> list[str]:
     return list(command) if isinstance(command, list) else shlex.split(str(command))
 
 
-def pyproject() -> dict[str, Any]:
-    with (ROOT / "pyproject.toml").open("rb") as fh:
-        return tomllib.load(fh)
+@functools.cache
+def requirements_script() -> Any:
+    """docker/requirements.py, the Dockerfiles' reader of pyproject.toml, as a module."""
+    spec = importlib.util.spec_from_file_location("cxr_docker_requirements", ROOT / "docker/requirements.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def dependency_names() -> set[str]:
-    sys.path.insert(0, str(ROOT / "docker"))
-    try:
-        from requirements import (  # docker/requirements.py
-            dependencies,
-            requirement_name,
-        )
-    finally:
-        sys.path.remove(str(ROOT / "docker"))
-    return {requirement_name(d) for d in dependencies(ROOT / "pyproject.toml")}
-
-
-#: Console scripts each dependency installs into the image's /opt/cxr/bin.
-SCRIPTS_OF = {"gunicorn": "gunicorn", "celery": "celery", "python": None}
+    script = requirements_script()
+    return {script.requirement_name(d) for d in script.dependencies(ROOT / "pyproject.toml")}
 
 
 def image_programs(rel: str) -> set[str]:
