@@ -520,7 +520,7 @@ def wait_http_token(url: str, token: str) -> int:
 def start_service(name: str, svc: dict[str, Any], env: dict[str, str], tmp_path: Path,
                   replace: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
     """The service's command, its programs taken from this venv, run from a folder outside
-    the repository (imports come from the installed project, as in the image)."""
+    the repository as in the image (the project from this checkout, as for the workers)."""
     args = [replace.get(a, a) for a in argv(svc["command"])]
     args[0] = str(Path(sys.executable).parent / args[0])
     log = tmp_path / f"{name}.log"
@@ -539,7 +539,8 @@ def test_api_and_flower_start_as_the_compose_file_runs_them(tmp_path: Path) -> N
     main = services(MAIN)
     redis_url = redis_db_url(4)  # this module's and tests/workers/test_gpu.py's database, flushed
     redis.Redis.from_url(redis_url).flushdb()
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": str(ROOT)}
 
     api_env = {k: substituted(v) for k, v in env_of(main["api"]).items()}
     secret = tmp_path / "jwt-secret"
