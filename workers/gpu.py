@@ -14,7 +14,8 @@ there too, after the fork: CUDA state does not survive ``fork``).
   shared, which TensorFlow's memory growth (``configure_tensorflow``) allows.
 * No GPU: nothing is changed and the child runs on the CPU.
 * ``CXR_MIXED_PRECISION=1`` turns on Keras' ``mixed_float16`` policy (read by
-  ``inference.predict.configure_tensorflow``); the device log names the policy in force.
+  ``inference.predict.configure_tensorflow``; ``Predictor`` rebuilds the loaded model
+  under it); the device log names the policy in force.
 
 ``default_concurrency`` gives the worker's process count (``CXR_WORKER_CONCURRENCY``,
 else one per GPU, else one per core); ``python -m workers.gpu concurrency`` prints it for
