@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -178,6 +179,24 @@ def wait_for(what: str, check: Any, timeout: float, logs: Path, interval: float 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
 
+_seen_received: set[str] = set()
+
+
+def fresh_task(log: Path, job_id: str) -> str | None:
+    """A task of ``job_id`` whose "received" line appeared in ``log`` since the last call
+    and that has not finished: the worker is in the middle of it."""
+    text = log.read_text(errors="replace")
+    received = re.findall(rf"Task cxr\.infer_file\[({re.escape(job_id)}-\d+)\] received", text)
+    new = [t for t in received if t not in _seen_received]
+    _seen_received.update(received)
+    return next((t for t in new if not task_finished(log, t, text)), None)
+
+
+def task_finished(log: Path, task_id: str, text: str | None = None) -> bool:
+    text = log.read_text(errors="replace") if text is None else text
+    return bool(re.search(rf"cxr\.infer_file\[{re.escape(task_id)}\] (succeeded|failed|retry)", text))
+
+
 def redelivery_bound_s(env: dict[str, str]) -> tuple[float, float]:
     """(visibility timeout, longest wait for the restore sweep) as celeryconfig sets them
     with the workers' environment; kombu's defaults where celeryconfig leaves them."""
@@ -271,6 +290,12 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
     job2 = second["json"]["Data"]["job_id"]
     wait_for(f"{CUT_AFTER} files of job 2", lambda: len(client.file_records(job2)) >= CUT_AFTER, 120, logs,
              interval=0.2)
+    # Cut while the second host is in the middle of a file (it just received it): that
+    # file's message is then unacknowledged in Redis and must come back to the first
+    # host. (Cut between two files, a message Redis already popped for the host would be
+    # lost on the way: Kombu's Redis transport has no acknowledgement for that step.)
+    held = wait_for("the second host to start a file of job 2", lambda: fresh_task(logs / "w2.log", job2), 60,
+                    logs, interval=0.02)
     sh("ip", "-n", hosts.ns("w2"), "link", "set", hosts.link_name("w2", "h"), "down")
     cut_at = time.monotonic()
     # Read after the cut: nothing from the cut host can reach Redis any more, so every
@@ -287,6 +312,11 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
     assert len(summary2["outputs"]) == SECOND_JOB_FILES
     after_cut = {i: r for i, r in seen.items() if i not in before_cut}
     assert after_cut and {r["worker"] for r in after_cut.values()} == {node["w1"]}, after_cut
+    assert not task_finished(logs / "w2.log", held), f"{held} finished on the cut host before the cut"
+    w1_log = (logs / "w1.log").read_text(errors="replace")
+    assert f"cxr.infer_file[{held}] received" in w1_log and f"cxr.infer_file[{held}] succeeded" in w1_log, \
+        f"the file the cut host held ({held}) was not redelivered to the first host"
+    assert recovered_s >= visibility_s - 1.0, "redelivered before the visibility timeout?"
     for folder in set(summary2["outputs"].values()):
         assert len(list(Path(folder).glob("*_report.pdf"))) == 1, folder
     summary_file = json.loads(Path(summary2["summary_file"]).read_text())
