@@ -211,9 +211,6 @@ def redelivery_bound_s(env: dict[str, str]) -> tuple[float, float]:
 
 @pytest.fixture()
 def hosts() -> Iterator[Hosts]:
-    missing = [tool for tool in ("ip", "unshare", "redis-server") if shutil.which(tool) is None]
-    if missing:
-        netns_unavailable(f"{', '.join(missing)} not found")
     made = Hosts()
     try:
         yield made
@@ -223,6 +220,9 @@ def hosts() -> Iterator[Hosts]:
 
 
 def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts: Hosts, tmp_path: Path) -> None:
+    missing = [tool for tool in ("ip", "unshare", "redis-server") if shutil.which(tool) is None]
+    if missing:
+        netns_unavailable(f"{', '.join(missing)} not found")
     logs = tmp_path / "logs"
     logs.mkdir()
     shared = tmp_path / "shared"  # the "NFS" every host sees at the same path
