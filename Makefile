@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := var/demo-input
 DEMO_OUT := var/demo-output
 
-.PHONY: venv test run demo phantoms train eval bench typecheck lint clean
+.PHONY: venv test run demo phantoms train eval bench typecheck lint clean images
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ eval: venv
 
 bench: venv
 	$(PY) -m bench.stages
+
+# The container images of docker-compose.yml (needs a Docker daemon; BuildKit caches pip downloads).
+images:
+	docker build -f docker/Dockerfile.cpu -t cxr-engine:cpu .
+	docker build -f docker/Dockerfile.gpu -t cxr-engine:gpu .
 
 typecheck: venv
 	$(VENV)/bin/mypy inference reports api workers cxr celeryconfig.py

@@ -30,12 +30,19 @@ _configured = False
 _config_lock = threading.Lock()
 
 
+def mixed_precision_from_env() -> bool:
+    """``CXR_MIXED_PRECISION`` is 1/true/yes/on: compute in float16 where Keras allows (GPU hosts)."""
+    return os.environ.get("CXR_MIXED_PRECISION", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def configure_tensorflow(threads: int | None = None, *, deterministic: bool = True,
-                         mixed_precision: bool = False) -> dict[str, Any]:
+                         mixed_precision: bool | None = None) -> dict[str, Any]:
     """Size TensorFlow's thread pools and set reproducibility; idempotent per process.
 
     ``threads`` defaults to ``CXR_TF_THREADS`` or the cores this process may use.
     On GPU hosts memory growth is enabled so several processes can share a card.
+    ``mixed_precision`` defaults to ``CXR_MIXED_PRECISION``; it sets Keras' global
+    ``mixed_float16`` policy, so it must run before the model is loaded.
     Returns what was set, for logging.
     """
     global _configured
@@ -56,11 +63,13 @@ def configure_tensorflow(threads: int | None = None, *, deterministic: bool = Tr
         for gpu in tf.config.list_physical_devices("GPU"):
             try:
                 tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass
+            except RuntimeError:  # the device was initialised first: it keeps its allocator
+                log.warning("memory growth not enabled on %s: TensorFlow initialised it first", gpu.name)
         info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
         if deterministic:
             tf.config.experimental.enable_op_determinism()
+        if mixed_precision is None:
+            mixed_precision = mixed_precision_from_env()
         if mixed_precision:
             import keras
 
@@ -68,6 +77,34 @@ def configure_tensorflow(threads: int | None = None, *, deterministic: bool = Tr
         info["mixed_precision"] = mixed_precision
         _configured = True
         return info
+
+
+def apply_global_policy(model: Any, *, keep_float32_from: str | None = None) -> Any:
+    """``model`` computing under Keras' global dtype policy (``mixed_float16`` when
+    ``configure_tensorflow`` enabled mixed precision); the model itself when it is float32.
+
+    A loaded model keeps the policy its layers were saved with, whatever the global
+    policy says, so mixed precision needs a copy built with the policy and given the
+    same weights. Layers from ``keep_float32_from`` (the Grad-CAM layer) on stay float32:
+    Grad-CAM differentiates the score by that layer's output, and the small head costs
+    little in float32.
+    """
+    import keras
+
+    policy = keras.mixed_precision.global_policy().name
+    if policy == "float32":
+        return model
+    names = [layer.name for layer in model.layers]
+    keep = set(names[names.index(keep_float32_from):]) if keep_float32_from in names else set()
+
+    def rebuild(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name in keep else policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 @dataclass
@@ -101,6 +138,7 @@ class Predictor:
         except Exception as exc:  # Keras raises many types for a bad file
             raise BundleError(f"model bundle {self.bundle.path}: cannot load {self.bundle.weights_file}: "
                               f"{exc.__class__.__name__}") from exc
+        model = apply_global_policy(model, keep_float32_from=self.bundle.gradcam_layer)
         self.model = model
         try:
             cam_layer = model.get_layer(self.bundle.gradcam_layer)

@@ -46,6 +46,7 @@ from inference.dicom_read import ReadOptions
 from inference.errors import CxrError, register_interrupt
 from inference.pipeline import analyse_file, process_file
 from inference.predict import Predictor, configure_tensorflow
+from workers import gpu
 from workers.app import app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
@@ -111,7 +112,9 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _load_model(**_: Any) -> None:
+    gpu.pin_gpu_for_this_process()  # this child's GPU, before TensorFlow initialises CUDA
     predictor()
+    gpu.log_device()
 
 
 @signals.worker_ready.connect
