@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := var/demo-input
 DEMO_OUT := var/demo-output
 
-.PHONY: venv test run demo phantoms train eval bench typecheck lint clean images
+.PHONY: venv test run demo phantoms train eval bench typecheck lint clean images compose-check
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ bench: venv
 images:
 	docker build -f docker/Dockerfile.cpu -t cxr-engine:cpu .
 	docker build -f docker/Dockerfile.gpu -t cxr-engine:gpu .
+
+# Docker Compose's own parser on both compose files (needs Docker Compose v2; the tests
+# check the YAML without it).
+compose-check:
+	sh docker/check-compose.sh
 
 typecheck: venv
 	$(VENV)/bin/mypy inference reports api workers cxr celeryconfig.py
