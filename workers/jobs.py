@@ -138,7 +138,9 @@ class JobProgress:
 class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int | None = None) -> None:
         """``client`` must decode responses to ``str``."""
-        self.client = client
+        # redis-py >= 7 types each sync command as ``Awaitable[T] | T``; this client is
+        # synchronous, so its results are used as plain values.
+        self.client: Any = client
         self.ttl_s = ttl_s if ttl_s is not None else job_ttl_s()
         self._record_file = client.register_script(_RECORD_FILE)
         self._begin_file = client.register_script(_BEGIN_FILE)

@@ -63,7 +63,7 @@ def _task_id(payload: Any) -> str | None:
     return task_id if isinstance(task_id, str) else None
 
 
-def jobs_with_messages(client: redis.Redis, queues: Iterable[str]) -> set[str]:
+def jobs_with_messages(client: Any, queues: Iterable[str]) -> set[str]:
     """Job ids that still have a message queued or held unacknowledged by a worker."""
     found: set[str] = set()
 
