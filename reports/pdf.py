@@ -44,9 +44,12 @@ from reports.predictions import (
 
 FONT_DIR = Path(__file__).resolve().parent / "fonts"
 FONT_FAMILY = "DejaVu"
-FULL_FAMILY = "DejaVuFull"  # the complete faces, a fallback for scripts outside CORE_RANGES
-#: Unicode ranges of the main report faces: Latin (with Vietnamese), Greek, Cyrillic,
-#: punctuation, currency, letter-like symbols, arrows, and U+FFFD.
+FALLBACK_FAMILY = "DejaVuFallback"  # DejaVu Sans cut to CORE_RANGES, or complete
+#: Unicode ranges of the main report faces: ASCII, Latin-1, general punctuation, U+FFFD.
+BASIC_RANGES: tuple[tuple[int, int], ...] = ((0x0020, 0x007E), (0x00A0, 0x00FF), (0x2000, 0x206F),
+                                             (0xFFFD, 0xFFFD))
+#: The first fallback's ranges: Latin (with Vietnamese), Greek, Cyrillic, punctuation,
+#: currency, letter-like symbols, arrows, and U+FFFD. Other scripts: the complete faces.
 CORE_RANGES: tuple[tuple[int, int], ...] = (
     (0x0020, 0x024F), (0x0370, 0x03FF), (0x0400, 0x052F), (0x1E00, 0x1EFF),
     (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x21FF), (0xFFFD, 0xFFFD),
@@ -108,7 +111,7 @@ def render_report_pdf(
         .strip()
     )
     pdf = _ReportPDF(stamp)
-    _register_fonts(pdf, needs_fallback=_needs_fallback(doc))
+    _register_fonts(pdf, fallback=fallback_tier(doc))
     pdf.add_page()
     _patient_block(pdf, _mapping(doc.get("metadata")), _mapping(doc.get("source")))
     _result_banner(pdf, str(doc.get("result", "")))
@@ -195,32 +198,32 @@ class _ReportPDF(FPDF):
         self.set_text_color(0, 0, 0)
 
 
-def _register_fonts(pdf: _ReportPDF, *, needs_fallback: bool) -> None:
-    """Add DejaVu Sans (regular, bold) and, when the text needs them, the fallback fonts.
+def _register_fonts(pdf: _ReportPDF, *, fallback: str | None) -> None:
+    """Add the report faces and, when the text needs them, fallback faces.
 
-    The main faces are DejaVu Sans cut down once per process to the scripts reports
-    mostly carry (:data:`CORE_RANGES`): fpdf2 subsets every registered font again for
-    each PDF, and that costs in proportion to the font's size (about 0.1 s a face for
-    the whole of DejaVu Sans, a few ms for the cut). For a document with a character
-    outside those ranges the complete DejaVu Sans is added as the first fallback,
-    then the CJK fallbacks; fpdf2 embeds every registered font, used or not, so none
-    of them is registered for a document that does not need it.
+    fpdf2 subsets every registered font again for each PDF, at a cost in proportion
+    to the font's size (about 0.1 s a face for the whole of DejaVu Sans), and embeds
+    every registered font, used or not. So the main faces are DejaVu Sans cut down
+    once per process to :data:`BASIC_RANGES`; a document whose text needs more gets,
+    as fallbacks, the cut to :data:`CORE_RANGES` (``fallback="core"``) or the
+    complete faces and the CJK fonts (``fallback="full"``), never both.
     """
-    _add_font(pdf, FONT_FAMILY, "", FONT_DIR / "DejaVuSans.ttf", reduced=True)
-    _add_font(pdf, FONT_FAMILY, "B", FONT_DIR / "DejaVuSans-Bold.ttf", reduced=True)
-    if not needs_fallback:
+    _add_font(pdf, FONT_FAMILY, "", FONT_DIR / "DejaVuSans.ttf", tier="basic")
+    _add_font(pdf, FONT_FAMILY, "B", FONT_DIR / "DejaVuSans-Bold.ttf", tier="basic")
+    if fallback is None:
         return
-    _add_font(pdf, FULL_FAMILY, "", FONT_DIR / "DejaVuSans.ttf")
-    _add_font(pdf, FULL_FAMILY, "B", FONT_DIR / "DejaVuSans-Bold.ttf")
-    pdf.fallback_fonts.extend(f for f in (pdf.fonts[FULL_FAMILY.lower()], pdf.fonts[FULL_FAMILY.lower() + "B"])
-                              if isinstance(f, TTFFont))
-    families = [FULL_FAMILY]
-    for index, path in enumerate(fallback_font_paths()):
-        family = f"Fallback{index}"
-        font = _add_font(pdf, family, "", path)
+    families = [FALLBACK_FAMILY]
+    for style, face in (("", "DejaVuSans.ttf"), ("B", "DejaVuSans-Bold.ttf")):
+        font = _add_font(pdf, FALLBACK_FAMILY, style, FONT_DIR / face, tier=fallback)
         if isinstance(font, TTFFont):
             pdf.fallback_fonts.append(font)
-            families.append(family)
+    if fallback == "full":
+        for index, path in enumerate(fallback_font_paths()):
+            family = f"Fallback{index}"
+            font = _add_font(pdf, family, "", path)
+            if isinstance(font, TTFFont):
+                pdf.fallback_fonts.append(font)
+                families.append(family)
     pdf.set_fallback_fonts(families, exact_match=False)
 
 
@@ -228,16 +231,17 @@ _template_lock = threading.Lock()
 
 
 @functools.cache
-def _font_bytes(path: Path, reduced: bool) -> bytes:
-    """The font file, or its cut to :data:`CORE_RANGES` (outlines, metrics and names kept)."""
-    if not reduced:
+def _font_bytes(path: Path, tier: str) -> bytes:
+    """The font file, or its cut to a tier's ranges (outlines, metrics and names kept)."""
+    if tier == "full":
         return path.read_bytes()
     font = ttLib.TTFont(path, recalcTimestamp=False)
     options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, glyph_names=True,
                                name_IDs=["*"], name_languages=["*"], layout_features=[])
     options.drop_tables += ["GDEF", "GPOS", "GSUB", "MATH", "hdmx", "FFTM", "meta"]
     subsetter = ftsubset.Subsetter(options)
-    subsetter.populate(unicodes=[c for first, last in CORE_RANGES for c in range(first, last + 1)])
+    ranges = BASIC_RANGES if tier == "basic" else CORE_RANGES
+    subsetter.populate(unicodes=[c for first, last in ranges for c in range(first, last + 1)])
     subsetter.subset(font)
     out = io.BytesIO()
     font.save(out)
@@ -245,19 +249,19 @@ def _font_bytes(path: Path, reduced: bool) -> bytes:
 
 
 @functools.cache
-def _font_template(path: Path, style: str, reduced: bool) -> tuple[TTFFont, bytes]:
+def _font_template(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
     """A font parsed once per process (cmap, widths, metrics), with its bytes.
 
     Each document gets a copy of it with its own mutable parts (:func:`_add_font`)
     instead of fpdf2 parsing the file again (about 0.1 s a face).
     """
-    data = _font_bytes(path, reduced)
+    data = _font_bytes(path, tier)
     font = TTFFont(FPDF(), io.BytesIO(data), f"template{style}", style)  # type: ignore[arg-type]
     return font, data
 
 
-def _add_font(pdf: FPDF, family: str, style: str, path: Path, *, reduced: bool = False) -> Any:
-    """Add ``path`` as ``family``/``style`` to ``pdf`` from the per-process template.
+def _add_font(pdf: FPDF, family: str, style: str, path: Path, *, tier: str = "full") -> Any:
+    """Add ``path`` (cut to ``tier``) as ``family``/``style`` to ``pdf`` from the per-process template.
 
     The copy shares the read-only tables (cmap, widths, descriptor) and gets fresh
     per-document state: its index, key, glyph subset, and its own fontTools object,
@@ -267,14 +271,16 @@ def _add_font(pdf: FPDF, family: str, style: str, path: Path, *, reduced: bool =
     if path.suffix.lower() in (".ttc", ".otc"):  # collections: fpdf2 picks the face itself
         pdf.add_font(family, style, path)
         return pdf.fonts[f"{family.lower()}{style}"]
-    template, data = _parsed_font(path, style, reduced)
+    template, data = _parsed_font(path, style, tier)
     if template.color_font is not None:
         pdf.add_font(family, style, path)
         return pdf.fonts[f"{family.lower()}{style}"]
     font = copy.copy(template)
     font.i = len(pdf.fonts) + 1
     font.fontkey = f"{family.lower()}{style}"
-    font.ttfont = ttLib.TTFont(io.BytesIO(data), recalcTimestamp=False, lazy=True)
+    # Glyphs are copied as they are: recomputing bounding boxes would decompile and
+    # recompile every outline of the subset (most of the cost of writing the font).
+    font.ttfont = ttLib.TTFont(io.BytesIO(data), recalcTimestamp=False, recalcBBoxes=False, lazy=True)
     font.missing_glyphs = []
     font.biggest_size_pt = 0
     font._hbfont = None
@@ -283,21 +289,20 @@ def _add_font(pdf: FPDF, family: str, style: str, path: Path, *, reduced: bool =
     return font
 
 
-def _parsed_font(path: Path, style: str, reduced: bool) -> tuple[TTFFont, bytes]:
+def _parsed_font(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
     with _template_lock:  # one parse per font, even when threads render reports at once
-        return _font_template(path, style, reduced)
+        return _font_template(path, style, tier)
 
 
-def _needs_fallback(doc: Mapping[str, Any]) -> bool:
-    """True when a text value of ``doc`` has a character the cut DejaVu Sans lacks."""
-    regular, _ = _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", True)
-    bold, _ = _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", True)
-    return any(
-        ord(char) not in regular.cmap or ord(char) not in bold.cmap
-        for text in _strings(doc)
-        for char in text
-        if char.isprintable()
-    )
+def fallback_tier(doc: Mapping[str, Any]) -> str | None:
+    """Which fallback faces ``doc``'s text needs: None, ``"core"`` or ``"full"``."""
+    chars = {ord(c) for text in _strings(doc) for c in text if c.isprintable()}
+    tiers = []
+    for tier in ("basic", "core"):
+        regular, _ = _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", tier)
+        bold, _ = _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", tier)
+        tiers.append(all(c in regular.cmap and c in bold.cmap for c in chars))
+    return None if tiers[0] else "core" if tiers[1] else "full"
 
 
 def _strings(value: Any) -> Iterator[str]:

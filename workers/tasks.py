@@ -42,6 +42,7 @@ from workers.app import app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
 from workers.jobs import JobStore
+from workers.single import notify_done
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # fpdf2's font subsetting chatters at INFO
@@ -141,6 +142,13 @@ def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | 
         return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
     data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
     return {"path": path, "status": "processed", "worker": self.request.hostname, "data": data}
+
+
+@signals.task_postrun.connect
+def _single_done(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """After a single inference's outcome is stored, wake the API waiting for it (``workers.single``)."""
+    if task_id and getattr(sender, "name", None) == "cxr.infer_single":
+        notify_done(job_store().client, task_id)
 
 
 @app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)
