@@ -48,6 +48,8 @@ TARGETS = (
     ("service_c2_vs_c1", "service 2 worker processes / 1 (demo)", ">=", 1.7),
     ("in_process_vs_floor", "in-process / floor (demo)", ">=", 0.8),
     ("in_process_vs_floor_densenet121", "in-process / floor (densenet121)", ">=", 0.8),
+    ("in_process_vs_floor_cpu", "same, CPU time: floor / in-process (demo)", ">=", 0.8),
+    ("in_process_vs_floor_cpu_densenet121", "same, CPU time (densenet121)", ">=", 0.8),
     ("single_overhead_p50_ms", "single inference overhead p50 (ms)", "<", 100.0),
     ("big_job_api_rss_peak_mib", "big job: API peak RSS (MiB)", "<", 300.0),
     ("big_job_redis_growth_after_expiry_mib", "big job: Redis after expiry - before (MiB)", "<", 1.0),
@@ -138,9 +140,6 @@ def run(args: argparse.Namespace, bundles: list[str], service_bundles: list[str]
         log.info("%s: in-process loop", name)
         results[f"in_process_{name}"] = svc_mod.in_process(files, work / f"inproc-{name}", predictor)
     single_file = files[0]  # uncompressed (even index)
-    if "demo" in predictors and args.single_requests:
-        results["single_in_process_demo"] = svc_mod.file_times(single_file, work / "single-inproc",
-                                                               predictors["demo"], args.single_requests)
 
     service = svc_mod.Service(work, args.redis_url, env={"CXR_JOB_TTL_S": str(args.big_job_ttl)})
     service.start()
@@ -154,8 +153,10 @@ def run(args: argparse.Namespace, bundles: list[str], service_bundles: list[str]
                     results[f"service_{name}_c{c}"] = svc_mod.bulk_job(service, folder, work / f"svc-{name}-c{c}")
                     if name == "demo" and c == 1 and args.single_requests:
                         log.info("single inference latency")
+                        baseline = (svc_mod.single_file_run(single_file, work / "single-inproc", predictors["demo"])
+                                    if "demo" in predictors else None)
                         results["single_service_demo"] = svc_mod.single_latency(
-                            service, single_file, work / "single-svc", args.single_requests)
+                            service, single_file, work / "single-svc", args.single_requests, baseline)
                 finally:
                     svc_mod.stop_group(worker)
         if args.big_job_files:
@@ -189,6 +190,10 @@ def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, A
         "in_process_vs_floor": div(get("in_process_demo", "files_per_s"), get("floor_demo", "files_per_s")),
         "in_process_vs_floor_densenet121": div(get("in_process_densenet121", "files_per_s"),
                                                get("floor_densenet121", "files_per_s")),
+        "in_process_vs_floor_cpu": div(get("floor_demo", "mean_ms", "floor_cpu"),
+                                       get("in_process_demo", "cpu_ms_per_file")),
+        "in_process_vs_floor_cpu_densenet121": div(get("floor_densenet121", "mean_ms", "floor_cpu"),
+                                                   get("in_process_densenet121", "cpu_ms_per_file")),
         "cli_vs_in_process": div(get("cli_infer_demo", "files_per_s"), get("in_process_demo", "files_per_s")),
         "service_c1_vs_cli": div(get("service_demo_c1", "files_per_s"), get("cli_infer_demo", "files_per_s")),
         "single_overhead_p50_ms": None,
@@ -196,10 +201,8 @@ def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, A
         "big_job_redis_growth_after_expiry_mib": get("big_job", "redis_growth_after_expiry_mib"),
         "big_job_callback_s": get("big_job", "callback_s"),
     }
-    single, base = get("single_service_demo", "p50_ms"), get("single_in_process_demo", "p50_ms")
-    if single is not None and base is not None:
-        figures["single_overhead_p50_ms"] = round(single - base, 1)
-        figures["single_overhead_p95_ms"] = round(get("single_service_demo", "p95_ms") - base, 1)
+    figures["single_overhead_p50_ms"] = get("single_service_demo", "overhead_p50_ms")
+    figures["single_overhead_p95_ms"] = get("single_service_demo", "overhead_p95_ms")
     targets = []
     for key, label, op, target in TARGETS:
         value = figures.get(key)
@@ -220,9 +223,10 @@ def print_table(r: dict[str, Any]) -> None:
             wall = row.get("wall_s", row.get("mean_ms", {}).get("floor", 0.0) * row.get("files", 0) / 1000.0)
             print(f"{key:<44} {wall:>8.1f} {row['files_per_s']:>8.3f} {row.get('api_rss_peak_mib', ''):>12}")
     if "single_service_demo" in r:
-        s, b = r["single_service_demo"], r.get("single_in_process_demo", {})
+        s = r["single_service_demo"]
         print(f"\nsingle inference (demo, {s['requests']} warm requests): p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms; "
-              f"in-process same file p50 {b.get('p50_ms')} ms, p95 {b.get('p95_ms')} ms")
+              f"in-process same file p50 {s.get('in_process_p50_ms')} ms, p95 {s.get('in_process_p95_ms')} ms; "
+              f"overhead (paired) p50 {s.get('overhead_p50_ms')} ms, p95 {s.get('overhead_p95_ms')} ms")
     if "big_job" in r:
         b = r["big_job"]
         print(f"\nbig job: {b['files']} files of {r['settings']['big_job_size']} px, {b['concurrency']} worker processes: "

@@ -206,18 +206,37 @@ def bulk_job(svc: Service, folder: Path, out: Path) -> dict[str, Any]:
             "api_rss_peak_mib": round(max(rss), 1), "job_wall_s": summary["timings"].get("wall_s")}
 
 
-def single_latency(svc: Service, path: Path, out: Path, requests: int) -> dict[str, Any]:
-    """Sequential warm ``POST /single_inference`` calls on one file (client-side latency)."""
+def single_latency(svc: Service, path: Path, out: Path, requests: int,
+                   in_process_run: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Sequential warm ``POST /single_inference`` calls on one file (client-side latency).
+
+    With ``in_process_run`` (the same file through ``process_file`` in this process),
+    each request is paired with one in-process run right after it, so that the
+    overhead (latency minus in-process time) is taken under the same load: on a shared
+    machine two separate series drift apart by more than the overhead itself.
+    """
     body = {"input_image_path": str(path), "output_folder_path": str(out), "save_to_disk": True}
     svc.call("POST", "/single_inference", body)  # warm-up
-    latencies = []
+    latencies, local = [], []
     for _ in range(requests):
         t = time.perf_counter()
         answer = svc.call("POST", "/single_inference", body)
         latencies.append((time.perf_counter() - t) * 1000.0)
         assert answer["Result"] == "Success", answer
-    return {"requests": requests, "p50_ms": round(percentile(latencies, 0.5), 1),
-            "p95_ms": round(percentile(latencies, 0.95), 1), "latencies_ms": [round(v, 1) for v in latencies]}
+        if in_process_run is not None:
+            t = time.perf_counter()
+            in_process_run()
+            local.append((time.perf_counter() - t) * 1000.0)
+    result: dict[str, Any] = {"requests": requests, "p50_ms": round(percentile(latencies, 0.5), 1),
+                              "p95_ms": round(percentile(latencies, 0.95), 1),
+                              "latencies_ms": [round(v, 1) for v in latencies]}
+    if local:
+        overhead = [a - b for a, b in zip(latencies, local)]
+        result.update(in_process_p50_ms=round(percentile(local, 0.5), 1),
+                      in_process_p95_ms=round(percentile(local, 0.95), 1),
+                      overhead_p50_ms=round(percentile(overhead, 0.5), 1),
+                      overhead_p95_ms=round(percentile(overhead, 0.95), 1))
+    return result
 
 
 def write_tiny_corpus(folder: Path, count: int, size: int) -> float:
@@ -316,27 +335,25 @@ def in_process(files: Sequence[Path], out: Path, predictor: Any) -> dict[str, An
     for sub in ("warmup", "loop"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     process_file(files[0], out / "warmup", predictor, job_id="warmup", options=options)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     records = [process_file(f, out / "loop", predictor, job_id="loop", options=options) for f in files]
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     bad = [r for r in records if r["status"] != "processed"]
     assert not bad, bad[:1]
     return {"wall_s": round(wall, 2), "files_per_s": round(len(files) / wall, 3),
-            "mean_file_ms": round(wall * 1000.0 / len(files), 1)}
+            "mean_file_ms": round(wall * 1000.0 / len(files), 1), "cpu_ms_per_file": round(cpu * 1000.0 / len(files), 1)}
 
 
-def file_times(path: Path, out: Path, predictor: Any, repeat: int) -> dict[str, float]:
-    """In-process time of one file, ``repeat`` times after a warm-up (the single-inference baseline)."""
+def single_file_run(path: Path, out: Path, predictor: Any) -> Callable[[], Any]:
+    """One in-process single inference of ``path`` (as the worker runs it), warmed up once."""
     from inference.pipeline import process_file
 
     out.mkdir(parents=True, exist_ok=True)
-    process_file(path, out, predictor, job_id="single-baseline")
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        process_file(path, out, predictor, job_id="single-baseline", include_document=True)
-        times.append((time.perf_counter() - t) * 1000.0)
-    return {"p50_ms": round(percentile(times, 0.5), 1), "p95_ms": round(percentile(times, 0.95), 1)}
+
+    def run() -> Any:
+        return process_file(path, out, predictor, job_id="single-baseline", include_document=True)
+    run()
+    return run
 
 
 def cli_infer(folder: Path, out: Path, env: dict[str, str]) -> dict[str, float]:

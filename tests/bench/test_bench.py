@@ -26,7 +26,8 @@ def test_floor_times_every_stage_on_both_kinds_of_file(predictor: Predictor, tmp
     result = floor(sorted((tmp_path / "in").glob("*.dcm")), predictor, tmp_path / "out")
     assert result["files"] == 2 and result["uncompressed"]["files"] == 1 and result["compressed"]["files"] == 1
     means = result["mean_ms"]
-    assert set(means) == {*FLOOR_STAGES, *REFERENCE_STAGES, "floor"}
+    assert set(means) == {*FLOOR_STAGES, *REFERENCE_STAGES, "floor", "floor_cpu"}
+    assert means["floor_cpu"] > 0
     assert all(means[s] > 0 for s in FLOOR_STAGES)
     assert means["floor"] == pytest.approx(sum(means[s] for s in FLOOR_STAGES), abs=0.1 * len(FLOOR_STAGES))
     assert result["files_per_s"] == pytest.approx(1000.0 / means["floor"], rel=1e-2)
@@ -46,7 +47,7 @@ def test_ratios_compare_each_figure_with_its_target() -> None:
     results: dict[str, Any] = {
         "floor_demo": {"files_per_s": 2.0}, "in_process_demo": {"files_per_s": 1.8},
         "service_demo_c1": {"files_per_s": 1.71}, "service_demo_c2": {"files_per_s": 2.5},
-        "single_service_demo": {"p50_ms": 560.0, "p95_ms": 600.0}, "single_in_process_demo": {"p50_ms": 500.0},
+        "single_service_demo": {"p50_ms": 560.0, "p95_ms": 600.0, "overhead_p50_ms": 60.0, "overhead_p95_ms": 90.0},
         "big_job": {"api_rss_peak_mib": 120.0, "redis_growth_after_expiry_mib": 0.2, "callback_s": 3.5},
     }
     figures, targets = ratios(results)
