@@ -289,6 +289,16 @@ def _add_font(pdf: FPDF, family: str, style: str, path: Path, *, tier: str = "fu
     return font
 
 
+def prepare_fonts() -> None:
+    """Cut and parse the main report faces now (about 0.5 s once per process).
+
+    A worker calls it when its process starts, so that its first file's report does
+    not pay it inside the file's time limit.
+    """
+    _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", "basic")
+    _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", "basic")
+
+
 def _parsed_font(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
     with _template_lock:  # one parse per font, even when threads render reports at once
         return _font_template(path, style, tier)

@@ -38,6 +38,7 @@ from inference.dicom_read import ReadOptions
 from inference.errors import CxrError, register_interrupt
 from inference.pipeline import analyse_file, process_file
 from inference.predict import Predictor, configure_tensorflow
+from reports.pdf import prepare_fonts
 from workers.app import app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
@@ -60,6 +61,7 @@ def predictor() -> Predictor:
             configure_tensorflow()
             p = Predictor(read_bundle())
             p.analyse_batch(p.preprocess(_warmup_image())[None])  # trace the graph now, not on a file
+            prepare_fonts()  # and cut the report fonts: neither counts against a file's time limit
             _state["predictor"] = p
             log.info("model %s loaded in process %d", p.bundle.identity().get("name"), os.getpid())
         return _state["predictor"]
