@@ -235,7 +235,7 @@ def _font_bytes(path: Path, tier: str) -> bytes:
     """The font file, or its cut to a tier's ranges (outlines, metrics and names kept)."""
     if tier == "full":
         return path.read_bytes()
-    font = ttLib.TTFont(path, recalcTimestamp=False)
+    font = ttLib.TTFont(path, recalcTimestamp=False, recalcBBoxes=False)  # outlines copied, not recompiled
     options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, glyph_names=True,
                                name_IDs=["*"], name_languages=["*"], layout_features=[])
     options.drop_tables += ["GDEF", "GPOS", "GSUB", "MATH", "hdmx", "FFTM", "meta"]
@@ -305,14 +305,17 @@ def _parsed_font(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
 
 
 def fallback_tier(doc: Mapping[str, Any]) -> str | None:
-    """Which fallback faces ``doc``'s text needs: None, ``"core"`` or ``"full"``."""
+    """Which fallback faces ``doc``'s text needs: None, ``"core"`` or ``"full"``.
+
+    A tier is cut and parsed only when the tier below it lacks a character.
+    """
     chars = {ord(c) for text in _strings(doc) for c in text if c.isprintable()}
-    tiers = []
-    for tier in ("basic", "core"):
+    for tier, needed in (("basic", None), ("core", "core")):
         regular, _ = _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", tier)
         bold, _ = _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", tier)
-        tiers.append(all(c in regular.cmap and c in bold.cmap for c in chars))
-    return None if tiers[0] else "core" if tiers[1] else "full"
+        if all(c in regular.cmap and c in bold.cmap for c in chars):
+            return needed
+    return "full"
 
 
 def _strings(value: Any) -> Iterator[str]:
