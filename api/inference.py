@@ -5,9 +5,9 @@ API process never imports TensorFlow. Bulk: the folder is listed, a job record i
 created in Redis and a chord is sent (one task per file); with ``wait`` (default) the
 request polls the job record until the job finishes or ``CXR_BULK_WAIT_S`` passes,
 then answers 202 ``Warning`` with the job id. Single: one task on the ``inference``
-queue; the request waits for the task's stored result (woken by the worker: ``workers.single``) for up to ``CXR_SINGLE_WAIT_S``
-(the message expires then, so a late worker will not run it) and answers 503 when no
-worker took it.
+queue; the request waits for the task's stored result, woken by the worker through
+``workers.single``, for up to ``CXR_SINGLE_WAIT_S`` (the message expires then, so a
+late worker will not run it) and answers 503 when no worker took it.
 """
 
 from __future__ import annotations
