@@ -297,11 +297,13 @@ def big_job(svc: Service, folder: Path, out: Path, *, concurrency: int, ttl_s: i
     during = {"used_memory_peak_mib": round(max(redis_peak.stop()), 2)}
     api = api_rss.stop()
     # Results and job records expire ttl_s after their last write; Redis's active
-    # expiry removes them within seconds after that.
+    # expiry removes them within seconds after that. What stays is what has no expiry
+    # (the workers' queue bindings): wait until only those are left.
+    persistent = _persistent_keys(client)
     deadline = time.monotonic() + ttl_s + 60
-    while client.dbsize() > baseline["keys"] and time.monotonic() < deadline:
+    while client.dbsize() > persistent and time.monotonic() < deadline:
         time.sleep(2)
-    after = {"used_memory_mib": _redis_mib(client), "keys": int(client.dbsize())}
+    after = {"used_memory_mib": _redis_mib(client), "keys": int(client.dbsize()), "keys_without_expiry": persistent}
     callback = [float(m["s"]) for m in FINALIZE_LINE.finditer(worker.log_path.read_text(errors="replace"))
                 if m["id"].startswith(job_id)]
     timings = summary["timings"]
@@ -316,6 +318,15 @@ def big_job(svc: Service, folder: Path, out: Path, *, concurrency: int, ttl_s: i
         "redis_growth_after_expiry_mib": round(after["used_memory_mib"] - baseline["used_memory_mib"], 2),
         "callback_s": round(callback[0], 3) if callback else None,
     }
+
+
+def _persistent_keys(client: Any) -> int:
+    """How many keys of the database have no expiry."""
+    keys = list(client.scan_iter(count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.ttl(key)
+    return sum(1 for ttl in pipe.execute() if ttl == -1)
 
 
 def summary_files(folder: Path) -> int:
