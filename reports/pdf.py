@@ -23,6 +23,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def render_report_pdf(
         .strip()
     )
     pdf = _ReportPDF(stamp)
-    _register_fonts(pdf, fallback=fallback_tier(doc))
+    _register_fonts(pdf, fallback=fallback_for(doc))
     pdf.add_page()
     _patient_block(pdf, _mapping(doc.get("metadata")), _mapping(doc.get("source")))
     _result_banner(pdf, str(doc.get("result", "")))
@@ -198,33 +199,42 @@ class _ReportPDF(FPDF):
         self.set_text_color(0, 0, 0)
 
 
-def _register_fonts(pdf: _ReportPDF, *, fallback: str | None) -> None:
+def _register_fonts(pdf: _ReportPDF, *, fallback: Fallback) -> None:
     """Add the report faces and, when the text needs them, fallback faces.
 
     fpdf2 subsets every registered font again for each PDF, at a cost in proportion
     to the font's size (about 0.1 s a face for the whole of DejaVu Sans), and embeds
     every registered font, used or not. So the main faces are DejaVu Sans cut down
     once per process to :data:`BASIC_RANGES`; a document whose text needs more gets,
-    as fallbacks, the cut to :data:`CORE_RANGES` (``fallback="core"``) or the
-    complete faces and the CJK fonts (``fallback="full"``), never both.
+    as fallbacks, DejaVu Sans cut to :data:`CORE_RANGES` or complete (whichever has
+    its characters), and the CJK fonts only for characters DejaVu Sans lacks.
     """
     _add_font(pdf, FONT_FAMILY, "", FONT_DIR / "DejaVuSans.ttf", tier="basic")
     _add_font(pdf, FONT_FAMILY, "B", FONT_DIR / "DejaVuSans-Bold.ttf", tier="basic")
-    if fallback is None:
-        return
-    families = [FALLBACK_FAMILY]
-    for style, face in (("", "DejaVuSans.ttf"), ("B", "DejaVuSans-Bold.ttf")):
-        font = _add_font(pdf, FALLBACK_FAMILY, style, FONT_DIR / face, tier=fallback)
-        if isinstance(font, TTFFont):
-            pdf.fallback_fonts.append(font)
-    if fallback == "full":
+    families = []
+    if fallback.dejavu is not None:
+        families.append(FALLBACK_FAMILY)
+        for style, face in (("", "DejaVuSans.ttf"), ("B", "DejaVuSans-Bold.ttf")):
+            font = _add_font(pdf, FALLBACK_FAMILY, style, FONT_DIR / face, tier=fallback.dejavu)
+            if isinstance(font, TTFFont):
+                pdf.fallback_fonts.append(font)
+    if fallback.other_fonts:
         for index, path in enumerate(fallback_font_paths()):
             family = f"Fallback{index}"
             font = _add_font(pdf, family, "", path)
             if isinstance(font, TTFFont):
                 pdf.fallback_fonts.append(font)
                 families.append(family)
-    pdf.set_fallback_fonts(families, exact_match=False)
+    if families:
+        pdf.set_fallback_fonts(families, exact_match=False)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The fallback faces a document needs (:func:`fallback_for`)."""
+
+    dejavu: str | None = None  # None, "core" (the cut to CORE_RANGES) or "full"
+    other_fonts: bool = False  # CJK and configured fonts, for characters DejaVu Sans lacks
 
 
 _template_lock = threading.Lock()
@@ -304,18 +314,25 @@ def _parsed_font(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
         return _font_template(path, style, tier)
 
 
-def fallback_tier(doc: Mapping[str, Any]) -> str | None:
-    """Which fallback faces ``doc``'s text needs: None, ``"core"`` or ``"full"``.
+def fallback_for(doc: Mapping[str, Any]) -> Fallback:
+    """Which fallback faces ``doc``'s text needs.
 
-    A tier is cut and parsed only when the tier below it lacks a character.
+    A cut is made and parsed only when the one below it lacks a character; the
+    complete faces only for a character the core cut lacks and DejaVu Sans has.
     """
     chars = {ord(c) for text in _strings(doc) for c in text if c.isprintable()}
-    for tier, needed in (("basic", None), ("core", "core")):
+    missing = chars
+    dejavu = None
+    for tier in ("basic", "core", "full"):
         regular, _ = _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", tier)
         bold, _ = _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", tier)
-        if all(c in regular.cmap and c in bold.cmap for c in chars):
-            return needed
-    return "full"
+        lacking = {c for c in missing if c not in regular.cmap or c not in bold.cmap}
+        if lacking != missing and tier != "basic":
+            dejavu = tier  # this cut has characters the one below lacks
+        missing = lacking
+        if not missing:
+            break
+    return Fallback(dejavu=dejavu, other_fonts=bool(missing) and bool(fallback_font_paths()))
 
 
 def _strings(value: Any) -> Iterator[str]:
