@@ -41,8 +41,11 @@ train: venv
 eval: venv
 	$(VENV)/bin/cxr eval
 
+# The whole benchmark (floor, cxr infer, in-process, service with 1 and 2 worker
+# processes, single latency, a 10,000-file job): about 20 min on 2 cores. Flags go in
+# BENCH_ARGS, e.g. `make bench BENCH_ARGS="--files 8 --big-job-files 500"`.
 bench: venv
-	$(PY) -m bench.stages
+	$(PY) -m bench $(BENCH_ARGS)
 
 # The container images of docker-compose.yml (needs a Docker daemon; BuildKit caches pip downloads).
 images:

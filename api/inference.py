@@ -5,9 +5,9 @@ API process never imports TensorFlow. Bulk: the folder is listed, a job record i
 created in Redis and a chord is sent (one task per file); with ``wait`` (default) the
 request polls the job record until the job finishes or ``CXR_BULK_WAIT_S`` passes,
 then answers 202 ``Warning`` with the job id. Single: one task on the ``inference``
-queue; the request polls the task's stored result for up to ``CXR_SINGLE_WAIT_S``
-(the message expires then, so a late worker will not run it) and answers 503 when no
-worker took it.
+queue; the request waits for the task's stored result, woken by the worker through
+``workers.single``, for up to ``CXR_SINGLE_WAIT_S`` (the message expires then, so a
+late worker will not run it) and answers 503 when no worker took it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from api.requests import (
 )
 from inference.discovery import discover_inputs
 from workers.canvas import send_bulk_job, send_finalize, send_single
+from workers.single import wait_done
 
 log = logging.getLogger(__name__)
 bp = Blueprint("inference", __name__)
@@ -43,6 +44,7 @@ SINGLE_INTERNAL = "Single Inference failed due to an internal error"
 BULK_OK = "Bulk inference completed successfully."
 BULK_ACCEPTED = "Bulk inference accepted."
 BULK_STILL_RUNNING = "Bulk inference is still running; poll status_url for the summary."
+SINGLE_RECHECK_S = 1.0  # stored result re-read this often while no marker comes
 
 
 @bp.post("/single_inference")
@@ -78,11 +80,16 @@ def single_inference() -> Any:
 
 
 def _wait_for_task(celery: Any, task_id: str, wait_s: float) -> dict[str, Any] | None:
-    """Poll the task's stored result (a plain GET; no pub/sub in the API)."""
+    """Wait for the task's stored result: woken by the worker's marker (``workers.single``).
+
+    Between markers the stored result is read once a second (a plain GET), so an
+    outcome stored without a marker (a worker killed at its hard time limit, whose
+    failure the parent records) is still seen. No pub/sub in the API.
+    """
     backend = celery.backend
+    client = current_app.extensions["cxr_jobs"].client
     deadline = time.monotonic() + wait_s
-    pause = 0.01
-    while time.monotonic() < deadline:
+    while True:
         meta = backend.get_task_meta(task_id, cache=False)
         if meta["status"] in ("SUCCESS", "FAILURE", "REVOKED"):
             backend.forget(task_id)
@@ -90,9 +97,10 @@ def _wait_for_task(celery: Any, task_id: str, wait_s: float) -> dict[str, Any] |
                 log.error("single inference task %s ended in %s", task_id, meta["status"])
                 raise ApiError(500, SINGLE_INTERNAL)
             return dict(meta["result"])
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.1)
-    return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        wait_done(client, task_id, min(remaining, SINGLE_RECHECK_S))
 
 
 def _single_answer(outcome: dict[str, Any], shown_input: str, shown_output: str) -> Any:

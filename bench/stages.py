@@ -1,11 +1,17 @@
-"""Per-stage timings of one 2k x 2k CR, uncompressed and JPEG 2000 (``make bench``).
+"""The floor: per-stage times of one process doing one file's work, with nothing else.
 
-Stages: read (parse the file), decode (first frame), pixel pipeline (modality LUT,
-VOI, polarity), preprocess (resize + normalise), forward alone (for reference) and
-forward + Grad-CAM (the one pass the pipeline runs),
-source PNG, heatmap PNG, predictions JSON, PDF report. Each stage is the median of
-``--repeat`` runs after one warm-up, measured in one process on the same files, so
-the figures can be compared side by side. Writes ``bench-results.json``.
+Each stage of ``inference.pipeline`` is run and timed on its own, in the order the
+pipeline runs them, once per file of the corpus (after one warm-up file): read (parse
+header, patient, eligibility), decode (first frame), pixel pipeline (modality LUT, VOI,
+polarity), provenance (stored-value hash), preprocess (resize, normalise), forward +
+Grad-CAM (the one pass the pipeline runs), 8-bit display image, source PNG, heatmap
+overlay, heatmap PNG, predictions JSON (document and serialisation), PDF report. Their
+sum is the floor for that file; publishing (the atomic folder write) is measured too but
+is not part of the floor. Two reference figures are not summed: the forward pass alone,
+and forward + Grad-CAM per image in a batch of ``BATCH`` (does batching pay?).
+
+``python -m bench.stages [--files 4] [--size 2048]`` runs it alone on fresh phantoms;
+``python -m bench`` (``make bench``) runs it next to the in-process loop and the service.
 """
 
 from __future__ import annotations
@@ -13,89 +19,169 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+T = TypeVar("T")
+BATCH = 4
+FLOOR_STAGES = ("read", "decode", "pixel_pipeline", "provenance", "preprocess", "forward_gradcam",
+                "display_uint8", "source_png", "heatmap_overlay", "heatmap_png", "predictions_json",
+                "report_pdf")
+REFERENCE_STAGES = ("forward_only", f"forward_gradcam_batch{BATCH}_per_image", "publish")
 
-def _median_ms(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+
+def _timed(timings: dict[str, float], stage: str, fn: Callable[[], T]) -> T:
+    """Run ``fn``; record its wall time as ``stage`` and its CPU time as ``cpu:<stage>`` (ms)."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - t) * 1000.0)
-    return round(statistics.median(times), 1), out
+    timings[stage] = (time.perf_counter() - start) * 1000.0
+    timings[f"cpu:{stage}"] = (time.process_time() - cpu) * 1000.0
+    return out
 
 
-def stage_timings(path: Path, predictor: Any, repeat: int) -> dict[str, float]:
-    import pydicom
+def file_stages(path: Path, predictor: Any, out_dir: Path) -> dict[str, float]:
+    """One file's stages, each timed on its own (ms); ``floor`` is the sum of FLOOR_STAGES."""
+    import numpy as np
 
     from inference.decode import decode_first_frame
-    from inference.dicom_read import build_display_image, read_dicom_image
-    from inference.pipeline import render_artifacts
+    from inference.dicom_read import (
+        ReadOptions,
+        build_display_image,
+        check_eligibility,
+        load_dataset,
+        read_patient_info,
+        record_provenance,
+    )
+    from inference.image import DicomImage
+    from inference.pipeline import (
+        folder_parts_for,
+        heatmap_label,
+        predictions_document,
+        publication_rank,
+    )
     from reports.images import encode_png, render_heatmap_overlay, to_uint8_display
     from reports.pdf import render_report_pdf
     from reports.predictions import dumps_predictions
+    from reports.publish import artifact_names, publish_artifacts
 
-    r: dict[str, float] = {}
-    r["read_header_and_pixel_bytes"], ds = _median_ms(lambda: pydicom.dcmread(path), repeat)
-    r["decode_first_frame"], (stored, info) = _median_ms(lambda: decode_first_frame(ds), repeat)
-    r["pixel_pipeline"], _ = _median_ms(lambda: build_display_image(stored, info, ds), repeat)
-    image = read_dicom_image(path)
-    r["preprocess"], x = _median_ms(lambda: predictor.preprocess(image.pixels), repeat)
-    r["forward_only"], _ = _median_ms(lambda: predictor.predict_batch(x[None]), repeat)
-    r["forward_gradcam"], analyses = _median_ms(lambda: predictor.analyse_batch(x[None]), repeat)
-    analysis = analyses[0]
-    r["display_uint8"], display = _median_ms(lambda: to_uint8_display(image.pixels), repeat)
-    r["source_png"], source_png = _median_ms(lambda: encode_png(display), repeat)
-    r["heatmap_png"], heat_png = _median_ms(
-        lambda: encode_png(render_heatmap_overlay(display, analysis.heatmap, "Finding 50.0%")), repeat)
-    art = render_artifacts(image, analysis, predictor, job_id="bench", layout="patient", timings_ms={})
-    r["predictions_json"], _ = _median_ms(lambda: dumps_predictions(art.document), repeat)
-    r["report_pdf"], _ = _median_ms(lambda: render_report_pdf(art.document, source_png, heat_png), repeat)
-    # forward_gradcam is the one pass the pipeline runs; forward_only shows its split.
-    r["sum_of_stages"] = round(sum(v for k, v in r.items() if k != "forward_only"), 1)
-    return r
+    t: dict[str, float] = {}
+    options = ReadOptions.from_env()
+
+    def read() -> Any:
+        ds = load_dataset(path)
+        patient = read_patient_info(ds, None)
+        check_eligibility(ds, options)
+        return ds, patient
+
+    ds, patient = _timed(t, "read", read)
+    stored, info = _timed(t, "decode", lambda: decode_first_frame(ds))
+    pixels, record = _timed(t, "pixel_pipeline", lambda: build_display_image(stored, info, ds))
+    provenance = _timed(t, "provenance", lambda: record_provenance(ds, stored, info, record))
+    image = DicomImage(path=str(path), pixels=pixels, patient=patient, provenance=provenance)
+    x = _timed(t, "preprocess", lambda: predictor.preprocess(image.pixels))
+    _timed(t, "forward_only", lambda: predictor.predict_batch(x[None]))
+    analysis = _timed(t, "forward_gradcam", lambda: predictor.analyse_batch(x[None]))[0]
+    batch = np.repeat(x[None], BATCH, axis=0)
+    _timed(t, "forward_gradcam_batch", lambda: predictor.analyse_batch(batch))
+    t[f"forward_gradcam_batch{BATCH}_per_image"] = t.pop("forward_gradcam_batch") / BATCH
+    display = _timed(t, "display_uint8", lambda: to_uint8_display(image.pixels))
+    source_png = _timed(t, "source_png", lambda: encode_png(display))
+    overlay = _timed(t, "heatmap_overlay", lambda: render_heatmap_overlay(
+        display, analysis.heatmap, heatmap_label(analysis, predictor)))
+    heatmap_png = _timed(t, "heatmap_png", lambda: encode_png(overlay))
+    rank = publication_rank(image)
+    timings: dict[str, float] = {}
+
+    def document() -> Any:
+        doc = predictions_document(image, analysis, predictor, job_id="floor", layout="patient", rank=rank,
+                                   timings_ms=timings)
+        return doc, dumps_predictions(doc)
+
+    doc, json_bytes = _timed(t, "predictions_json", document)
+    pdf = _timed(t, "report_pdf", lambda: render_report_pdf(doc, source_png, heatmap_png))
+    parts = folder_parts_for(image, "patient")
+    names = artifact_names(parts[0])
+    files = {names["predictions"]: json_bytes, names["heatmap"]: heatmap_png, names["source_image"]: source_png,
+             names["report"]: pdf}
+    _timed(t, "publish", lambda: publish_artifacts(out_dir, parts, files, job_id=f"floor-{path.name}", rank=rank,
+                                                    layout="patient"))
+    t["floor"] = sum(t[s] for s in FLOOR_STAGES)
+    # CPU time (all threads of this process): less disturbed than wall time when other
+    # processes share the machine.
+    t["floor_cpu"] = sum(t[f"cpu:{s}"] for s in FLOOR_STAGES)
+    return {k: round(v, 2) for k, v in t.items() if not k.startswith("cpu:")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def floor(files: Sequence[Path], predictor: Any, out_dir: Path) -> dict[str, Any]:
+    """Per-stage medians and means over ``files`` (after one warm-up file), by transfer syntax too."""
+    import pydicom
+
+    for sub in ("warmup", "floor"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    file_stages(files[0], predictor, out_dir / "warmup")
+    rows = []
+    for path in files:
+        syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        rows.append((syntax.is_compressed, file_stages(path, predictor, out_dir / "floor")))
+    stages = [*FLOOR_STAGES, *REFERENCE_STAGES, "floor", "floor_cpu"]
+
+    def summary(selected: list[dict[str, float]]) -> dict[str, Any]:
+        if not selected:
+            return {}
+        return {"files": len(selected),
+                "median_ms": {s: round(statistics.median(r[s] for r in selected), 1) for s in stages},
+                "mean_ms": {s: round(statistics.fmean(r[s] for r in selected), 1) for s in stages}}
+
+    result = summary([r for _, r in rows])
+    result["files_per_s"] = round(1000.0 / result["mean_ms"]["floor"], 3)
+    result["uncompressed"] = summary([r for compressed, r in rows if not compressed])
+    result["compressed"] = summary([r for compressed, r in rows if compressed])
+    return result
+
+
+def print_floor(title: str, result: dict[str, Any]) -> None:
+    kinds = [k for k in ("uncompressed", "compressed") if result.get(k)]
+    print(f"\n{title}: per-stage mean ms over {result['files']} files")
+    print(f"{'stage':<36}" + "".join(f"{k:>14}" for k in ["all", *kinds]))
+    for stage in result["mean_ms"]:
+        values = [result["mean_ms"][stage], *(result[k]["mean_ms"][stage] for k in kinds)]
+        print(f"{stage:<36}" + "".join(f"{v:>14.1f}" for v in values))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=4, help="phantoms (half JPEG 2000)")
     parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--output", default="bench-results.json")
-    args = parser.parse_args()
+    parser.add_argument("--bundle", choices=("demo", "densenet121"), default="demo")
+    parser.add_argument("--output", default="bench-stages.json")
+    args = parser.parse_args(argv)
 
-    from inference.phantom_dicom import PhantomFileSpec, phantom_dataset
-    from inference.phantoms import make_phantom
+    from inference.bundle import read_bundle
+    from inference.phantom_dicom import write_phantoms
     from inference.predict import Predictor, configure_tensorflow
 
-    tf_info = configure_tensorflow()
-    predictor = Predictor()
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                           "python": platform.python_version(), **tf_info},
-                               "image": f"{args.size}x{args.size} CR, MONOCHROME1, 12 bits", "stages_ms": {}}
-    phantom = make_phantom(1000, 0, size=args.size)
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, compressed in (("uncompressed", False), ("jpeg2000_lossless", True)):
-            spec = PhantomFileSpec("CR", "MONOCHROME1", 12, compressed, True)
-            path = Path(tmp) / f"{label}.dcm"
-            phantom_dataset(phantom, seed=1000, index=0, spec=spec).save_as(path, enforce_file_format=True)
-            results["stages_ms"][label] = stage_timings(path, predictor, args.repeat)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    stages = list(results["stages_ms"]["uncompressed"])
-    print(f"{'stage (median ms)':<30} {'uncompressed':>13} {'JPEG 2000':>10}")
-    for s in stages:
-        print(f"{s:<30} {results['stages_ms']['uncompressed'][s]:>13.1f} "
-              f"{results['stages_ms']['jpeg2000_lossless'][s]:>10.1f}")
+    configure_tensorflow()
+    if args.bundle == "densenet121":
+        from bench.bundles import densenet_bundle
+
+        bundle = densenet_bundle()
+    else:
+        bundle = read_bundle()
+    predictor = Predictor(bundle)
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-stages-") as tmp:
+        write_phantoms(Path(tmp) / "in", args.files, seed=1000, size=args.size)
+        result = floor(sorted((Path(tmp) / "in").glob("*.dcm")), predictor, Path(tmp) / "out")
+    Path(args.output).write_text(json.dumps({"bundle": bundle.name, "size": args.size, **result}, indent=2) + "\n")
+    print_floor(f"{bundle.name}, {args.size} px", result)
     print(f"written {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -84,32 +84,23 @@ def folder_parts_for(image: DicomImage, layout: str) -> list[str]:
 
 def render_artifacts(image: DicomImage, analysis: Analysis, predictor: Predictor, *, job_id: str,
                      layout: str, timings_ms: dict[str, float]) -> Artifacts:
-    """Findings, JSON, PNGs and PDF for one analysed image (decode once, encode once)."""
-    bundle = predictor.bundle
-    t = time.perf_counter()
-    findings = build_findings(bundle.labels, analysis.probabilities, bundle.thresholds)
-    heat_label = bundle.labels[analysis.heatmap_index]
-    heat_conf = float(analysis.probabilities[analysis.heatmap_index])
+    """Findings, JSON, PNGs and PDF for one analysed image (decode once, encode once).
+
+    The 8-bit display image is made once and feeds both PNGs; the PDF embeds those
+    PNGs' compressed streams as they are (``reports.pdf``), so no pixel is encoded twice.
+    """
     parts = folder_parts_for(image, layout)
     rank = publication_rank(image)
-
+    t = time.perf_counter()
     display = to_uint8_display(image.pixels)  # one conversion, reused by both PNGs and the PDF
     source_png = encode_png(display)
     timings_ms["source_png"] = _ms(t)
     t = time.perf_counter()
-    heatmap_png = encode_png(render_heatmap_overlay(display, analysis.heatmap, heatmap_caption(heat_label, heat_conf)))
+    heatmap_png = encode_png(render_heatmap_overlay(display, analysis.heatmap, heatmap_label(analysis, predictor)))
     timings_ms["heatmap_png"] = _ms(t)
-
-    heatmap_info = {"method": HEATMAP_METHOD, "finding": heat_label, "confidence": round(heat_conf, 4),
-                    "layer": bundle.gradcam_layer, "grid": list(analysis.heatmap.shape),
-                    "rule": "highest-confidence present finding, else highest-confidence finding"}
     t = time.perf_counter()
-    doc = build_predictions_document(
-        patient=image.patient, findings=findings, model=bundle.identity(), thresholds=bundle.thresholds,
-        heatmap=heatmap_info, provenance=image.provenance, timings_ms=timings_ms,
-        publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins within a job"},
-        source_path=image.path,
-    )
+    doc = predictions_document(image, analysis, predictor, job_id=job_id, layout=layout, rank=rank,
+                               timings_ms=timings_ms)
     pdf = render_report_pdf(doc, source_png, heatmap_png)
     timings_ms["report_pdf"] = _ms(t)
     # The JSON is serialised last so it carries every stage's time but its own
@@ -122,6 +113,30 @@ def render_artifacts(image: DicomImage, analysis: Analysis, predictor: Predictor
     files = {names["predictions"]: json_bytes, names["heatmap"]: heatmap_png,
              names["source_image"]: source_png, names["report"]: pdf}
     return Artifacts(doc, files, names, parts, rank, timings_ms)
+
+
+def heatmap_label(analysis: Analysis, predictor: Predictor) -> str:
+    """The overlay's caption: the heatmap's finding and its confidence."""
+    index = analysis.heatmap_index
+    return heatmap_caption(predictor.bundle.labels[index], float(analysis.probabilities[index]))
+
+
+def predictions_document(image: DicomImage, analysis: Analysis, predictor: Predictor, *, job_id: str,
+                         layout: str, rank: list[str], timings_ms: dict[str, float]) -> dict[str, Any]:
+    """The predictions document (JSON content, and what the PDF shows) for one image."""
+    bundle = predictor.bundle
+    findings = build_findings(bundle.labels, analysis.probabilities, bundle.thresholds)
+    heat_label = bundle.labels[analysis.heatmap_index]
+    heatmap_info = {"method": HEATMAP_METHOD, "finding": heat_label,
+                    "confidence": round(float(analysis.probabilities[analysis.heatmap_index]), 4),
+                    "layer": bundle.gradcam_layer, "grid": list(analysis.heatmap.shape),
+                    "rule": "highest-confidence present finding, else highest-confidence finding"}
+    return build_predictions_document(
+        patient=image.patient, findings=findings, model=bundle.identity(), thresholds=bundle.thresholds,
+        heatmap=heatmap_info, provenance=image.provenance, timings_ms=timings_ms,
+        publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins within a job"},
+        source_path=image.path,
+    )
 
 
 def analyse_file(path: Path, predictor: Predictor, *, job_id: str, layout: str = "patient",

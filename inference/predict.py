@@ -40,6 +40,8 @@ def configure_tensorflow(threads: int | None = None, *, deterministic: bool = Tr
     """Size TensorFlow's thread pools and set reproducibility; idempotent per process.
 
     ``threads`` defaults to ``CXR_TF_THREADS`` or the cores this process may use.
+    OpenCV's thread pool (resizes, colour maps, blending) gets the same size: N worker
+    processes each using every core would oversubscribe the CPU just as TensorFlow would.
     On GPU hosts memory growth is enabled so several processes can share a card.
     ``mixed_precision`` defaults to ``CXR_MIXED_PRECISION``; it sets Keras' global
     ``mixed_float16`` policy, so it must run before the model is loaded.
@@ -55,6 +57,7 @@ def configure_tensorflow(threads: int | None = None, *, deterministic: bool = Tr
         info: dict[str, Any] = {"threads": threads, "deterministic": deterministic}
         if _configured:
             return info
+        cv2.setNumThreads(threads)
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))

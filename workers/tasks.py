@@ -46,11 +46,13 @@ from inference.dicom_read import ReadOptions
 from inference.errors import CxrError, register_interrupt
 from inference.pipeline import analyse_file, process_file
 from inference.predict import Predictor, configure_tensorflow
+from reports.pdf import prepare_fonts
 from workers import gpu
 from workers.app import app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
 from workers.jobs import JobStore
+from workers.single import notify_done
 from workers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ def predictor() -> Predictor:
             configure_tensorflow()
             p = Predictor(read_bundle())
             p.analyse_batch(p.preprocess(_warmup_image())[None])  # trace the graph now, not on a file
+            prepare_fonts()  # and cut the report fonts: neither counts against a file's time limit
             _state["predictor"] = p
             log.info("model %s loaded in process %d", p.bundle.identity().get("name"), os.getpid())
         return _state["predictor"]
@@ -206,6 +209,13 @@ def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | 
         return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
     data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
     return {"path": path, "status": "processed", "worker": self.request.hostname, "data": data}
+
+
+@signals.task_postrun.connect
+def _single_done(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """After a single inference's outcome is stored, wake the API waiting for it (``workers.single``)."""
+    if task_id and getattr(sender, "name", None) == "cxr.infer_single":
+        notify_done(job_store().client, task_id)
 
 
 @app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)

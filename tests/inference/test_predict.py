@@ -92,3 +92,13 @@ def test_normal_phantoms_score_low(predictor):
         p = make_phantom(556, i, size=448, labels=np.zeros(len(LABELS), np.float32))
         positives += int((predictor.analyse(p.image).probabilities >= thresholds).sum())
     assert positives <= 2
+
+
+def test_graphs_are_traced_once_whatever_the_batch_size(predictor):
+    """Fixed input signatures: a new batch size or a new image never retraces the graph."""
+    x = predictor.preprocess(make_phantom(78, 0, size=256).image)
+    predictor.analyse_batch(x[None])
+    traced = predictor._analyse.experimental_get_tracing_count()
+    for n in (1, 2, 5):
+        predictor.analyse_batch(np.repeat(x[None], n, axis=0))
+    assert predictor._analyse.experimental_get_tracing_count() == traced == 1

@@ -9,11 +9,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from pypdf import PdfReader
 
 from inference.image import PatientInfo
+from reports.images import png_stream
 from reports.pdf import (
+    CORE_RANGES,
     DEMO_DISCLAIMER,
     FALLBACK_FONTS_ENV,
     FONT_DIR,
@@ -26,6 +30,10 @@ from reports.predictions import LABELS
 
 Pngs = tuple[bytes, bytes]
 MakeDoc = Callable[..., dict[str, Any]]
+
+
+def decode_png(png: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def render_text(doc: dict[str, Any], pngs: Pngs) -> tuple[PdfReader, str]:
@@ -156,3 +164,41 @@ def test_successive_reports_are_independent(
         and "Alpha" not in text_two
     )
     assert "Page 1/1" in text_two
+
+
+def _embedded_pixels(pdf: bytes) -> list[np.ndarray]:
+    reader = PdfReader(io.BytesIO(pdf))
+    return [np.asarray(image.image) for page in reader.pages for image in page.images]
+
+
+def test_embedded_images_are_the_pngs_pixels(make_doc: MakeDoc, report_pngs: Pngs) -> None:
+    """The PNGs' own streams go into the PDF: decoding them gives exactly the PNG pixels."""
+    source, heatmap = report_pngs
+    pdf = render_report_pdf(make_doc(), source, heatmap)
+    embedded = _embedded_pixels(pdf)
+    assert np.array_equal(embedded[0], decode_png(source))
+    assert np.array_equal(embedded[1], decode_png(heatmap)[..., ::-1])  # BGR -> RGB
+    assert png_stream(source) is not None and png_stream(source).data in pdf  # type: ignore[union-attr]
+
+
+def test_pngs_that_cannot_be_embedded_as_they_are_still_are(make_doc: MakeDoc) -> None:
+    """16-bit, alpha and palette PNGs take fpdf2's own path (decode, deflate) instead."""
+    rng = np.random.default_rng(3)
+    grey16 = cv2.imencode(".png", rng.integers(0, 65535, (40, 50), dtype=np.uint16))[1].tobytes()
+    bgra = cv2.imencode(".png", rng.integers(0, 255, (40, 50, 4), dtype=np.uint8))[1].tobytes()
+    assert png_stream(grey16) is None and png_stream(bgra) is None
+    pdf = render_report_pdf(make_doc(), grey16, bgra)
+    assert [image.shape[:2] for image in _embedded_pixels(pdf)] == [(40, 50), (40, 50)]
+
+
+@pytest.mark.parametrize("name", ["Հայկ Սարգսյան", "ნინო ბერიძე", "שרה כהן"])
+def test_names_outside_the_core_ranges_use_the_complete_font(
+    name: str, make_doc: MakeDoc, patient_factory: Callable[..., PatientInfo], report_pngs: Pngs
+) -> None:
+    """Armenian, Georgian, Hebrew: not in the cut faces, drawn from the complete DejaVu Sans."""
+    assert all(not any(a <= ord(c) <= b for a, b in CORE_RANGES) for c in name.replace(" ", ""))
+    _, text = render_text(make_doc(patient=patient_factory(patient_name=name)), report_pngs)
+    assert "\ufffd" not in text
+    for word in name.split():
+        assert word in text or word[::-1] in text  # pypdf may give right-to-left text reversed
+
