@@ -109,12 +109,14 @@ def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
     inp, out = root / "kill-in", root / "kill-out"
     poison, victim, whole = 20, 40, 60
     write_phantoms(inp, 100, seed=4242, size=128)
-    # The files to hit are large, so that the process named by ``inspect`` is still on
-    # them when the signal arrives (a 128-px file may be done by then). The poison file
-    # is never processed to the end, so its size costs nothing.
-    write_phantoms(inp, 1, seed=4242, size=3072, start=poison, compression="j2k")
+    # The files to hit are large, so that the process named by ``inspect`` (a 0.3 s round
+    # trip) is still on them when the signal arrives: a 128-px file is done by then, and
+    # since the reports got faster so is a 1024-px JPEG 2000 one (0.3-0.5 s). A 3072-px
+    # JPEG 2000 file takes 1-2 s. The poison file must be caught on each of its three
+    # deliveries, so it is larger still (4096 px, seconds); it is never processed to the end.
+    write_phantoms(inp, 1, seed=4242, size=4096, start=poison, compression="j2k")
     for index in (victim, whole):
-        write_phantoms(inp, 1, seed=4242, size=1024, start=index, compression="j2k")
+        write_phantoms(inp, 1, seed=4242, size=3072, start=index, compression="j2k")
     inputs = sorted(inp.glob("*.dcm"))
     assert len(_alive(workers)) >= 2
     with ExitStack() as stack:
