@@ -14,13 +14,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from celery import Celery, chord
+from celery import Celery, Signature, chord
 
 from workers.app import DEFAULT_QUEUE, INFERENCE_QUEUE
 
 
 def header_task_id(job_id: str, index: int) -> str:
     return f"{job_id}-{index}"
+
+
+def finalize_task_id(job_id: str) -> str:
+    return f"{job_id}-finalize"
+
+
+def job_id_of_task(task_id: str) -> str | None:
+    """The inverse of the two above: ``<job_id>-<i>`` and ``<job_id>-finalize`` -> ``<job_id>``
+    (job ids are uuid4 hex, without dashes)."""
+    job_id, sep, _ = task_id.rpartition("-")
+    return job_id if sep and job_id and "-" not in job_id else None
+
+
+def _finalize_signature(app: Celery, job_id: str) -> Signature:
+    return app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
+                         task_id=finalize_task_id(job_id))
 
 
 def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, layout: str) -> None:
@@ -30,16 +46,14 @@ def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, l
                       queue=INFERENCE_QUEUE, task_id=header_task_id(job_id, i))
         for i, p in enumerate(paths)
     ]
-    body = app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
-                         task_id=f"{job_id}-finalize")
+    body = _finalize_signature(app, job_id)
     body.link_error(app.signature("cxr.chord_failed", kwargs={"job_id": job_id}))
-    chord(header, app=app)(body, task_id=f"{job_id}-finalize")
+    chord(header, app=app)(body, task_id=finalize_task_id(job_id))
 
 
 def send_finalize(app: Celery, job_id: str) -> None:
     """The callback alone, for a job whose every file was refused before any task."""
-    app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
-                  task_id=f"{job_id}-finalize").apply_async()
+    _finalize_signature(app, job_id).apply_async()
 
 
 def send_single(app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None,

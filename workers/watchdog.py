@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from workers.canvas import job_id_of_task
 from workers.finalize import TaskOutcome, finalize_job
 from workers.jobs import FINISHED, JobStore
 
@@ -49,12 +50,6 @@ PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
 LOCK_KEY = "cxr:watchdog:lock"
 _SCAN_CHUNK = 500
-
-
-def job_id_of_task(task_id: str) -> str | None:
-    """``<job_id>-<i>`` and ``<job_id>-finalize`` -> ``<job_id>`` (job ids have no dash)."""
-    job_id, sep, _ = task_id.rpartition("-")
-    return job_id if sep and job_id and "-" not in job_id else None
 
 
 def _task_id(payload: Any) -> str | None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.service.support import redis_db_url
-from workers.canvas import header_task_id
+from workers.canvas import header_task_id, job_id_of_task
 from workers.jobs import JobStore
-from workers.watchdog import UNACKED_KEY, job_id_of_task, jobs_with_messages, sweep
+from workers.watchdog import UNACKED_KEY, jobs_with_messages, sweep
 
 WATCHDOG_DB_URL = redis_db_url(11)
 QUEUES = ("inference", "celery")
