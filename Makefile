@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := var/demo-input
 DEMO_OUT := var/demo-output
 
-.PHONY: venv test run demo phantoms train eval bench typecheck lint clean images compose-check
+.PHONY: venv test test-fast run demo phantoms train eval bench typecheck lint format clean images compose-check
 
 venv: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(PY) -m pytest -q
+
+# The unit tests: no worker, API server or Redis server process is started (marker
+# `service`, set in tests/conftest.py), nothing slow; under a minute on 2 cores.
+test-fast: venv
+	$(PY) -m pytest -q -m "not service and not slow and not multihost"
 
 # `make run` starts the whole stack (API, Celery worker, Flower; Redis too if none
 # answers), prints URLs, a token command and a curl line, and stops it all on Ctrl-C.
@@ -34,7 +39,7 @@ demo: venv
 phantoms: venv
 	$(VENV)/bin/cxr phantoms var/phantoms --count 20
 
-# Trains the demo bundle (inference/bundles/demo); never part of the tests.
+# Trains the demo bundle (inference/bundles/demo, with demo/train.py); never part of the tests.
 train: venv
 	$(VENV)/bin/cxr train
 
@@ -58,10 +63,14 @@ compose-check:
 	sh docker/check-compose.sh
 
 typecheck: venv
-	$(VENV)/bin/mypy inference reports api workers cxr celeryconfig.py
+	$(VENV)/bin/mypy inference reports engine demo api workers cxr celeryconfig.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache

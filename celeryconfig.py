@@ -1,8 +1,9 @@
 """Celery settings for CXR Engine (read by ``workers.app``; every value has a reason).
 
 Values come from the environment so that the API host and every worker host can share
-one image and differ only in their environment. The reasoning, with sources, is in
-``shared/notes/celery.md`` section 3; in short:
+one image and differ only in their environment. This module imports nothing from the
+project (Celery imports it; the engine's own knobs are ``engine.settings``, read when a
+worker starts). The reasoning, with sources, is in ``docs/reliability.md``; in short:
 
 * per-file tasks are long (seconds on CPU) and idempotent (deterministic output paths,
   atomic publish), so they are acknowledged *late* and each worker process reserves only
@@ -14,7 +15,8 @@ one image and differ only in their environment. The reasoning, with sources, is 
 * a child process that dies mid-file (OOM, segfault, SIGKILL) hands its message back
   (``task_reject_on_worker_lost``) instead of failing the file; ``cxr.infer_file``
   counts deliveries in the job record and gives a file up as ``worker_lost`` after
-  ``CXR_MAX_DELIVERIES``, so a file that kills its worker every time cannot loop;
+  ``CXR_MAX_DELIVERIES`` (``engine.delivery``), so a file that kills its worker every
+  time cannot loop;
 * a whole worker that dies (host lost, SIGKILL) leaves its messages unacknowledged in
   Redis; they come back after the visibility timeout, found by a periodic sweep;
 * results and the broker connection retry by themselves, and results expire.
@@ -27,8 +29,6 @@ file-system work, any host). A worker started by ``make run`` consumes both.
 from __future__ import annotations
 
 import os
-
-from workers.backend import backend_url
 
 
 def _env_float(name: str, default: float) -> float:
@@ -77,18 +77,11 @@ unacked_restore_interval = max(1, min(60, int(visibility_timeout // 10)))
 #: holding it would stop every other worker's sweep until it expires.
 unacked_mutex_expire = max(10, min(300, unacked_restore_interval * 10))
 
-#: A file whose worker process died this many times while processing it is given up
-#: (skipped as ``worker_lost``) on its next delivery instead of being processed again.
-max_deliveries = max(1, int(_env_float("CXR_MAX_DELIVERIES", 3)))
-#: The stalled-job watchdog (``workers.watchdog``): a running job with no file recorded
-#: for ``stall_grace_s`` and none of its messages left in Redis is finalised as failed.
-stall_grace_s = _env_float("CXR_STALL_GRACE_S", 120.0)
-watchdog_interval_s = _env_float("CXR_WATCHDOG_INTERVAL_S", 30.0)
-
 broker_url = REDIS_URL
 # The producer-side backend never subscribes to result channels: the API polls job
-# records instead (see workers.backend).
-result_backend = backend_url(REDIS_URL)
+# records instead (see workers.backend; ``workers.backend.backend_url`` builds the same
+# string, and a test checks that the two agree).
+result_backend = f"workers.backend:QuietRedisBackend+{REDIS_URL}"
 
 broker_transport_options = {
     "visibility_timeout": visibility_timeout,

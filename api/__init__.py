@@ -29,8 +29,8 @@ BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.Ope
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    from engine.jobstore import JobStore
     from workers.app import create_celery_app
-    from workers.jobs import JobStore
 
     app = Flask(__name__)
     app.config.update(load_config(overrides=test_config))
@@ -46,10 +46,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cxr_celery"] = celery
 
     init_auth(app)
-    from api import inference, jobs
+    from api import inference_routes, job_routes
 
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(inference.bp)
+    app.register_blueprint(job_routes.bp)
+    app.register_blueprint(inference_routes.bp)
     init_rate_limit(app)  # after the blueprints: it exempts /ping by its view function
     _register_error_handlers(app)
     return app

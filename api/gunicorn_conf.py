@@ -16,7 +16,7 @@ value comes from the environment (see the README's configuration table):
   size, duration and user agent; no user, referer or query string, so a token a client
   puts in a URL never reaches it (the API reads tokens only from the header). The
   application's own loggers (``api.*``, ``flask-limiter``) and gunicorn's error log go to
-  stderr at INFO. Every handler formats through ``cxr.logs.RedactingFormatter``, the
+  stderr at INFO. Every handler formats through ``engine.logs.RedactingFormatter``, the
   safety net that masks anything shaped like a JWT and this process's secret values.
 """
 
@@ -37,9 +37,9 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "generic": {"()": "cxr.logs.RedactingFormatter",
+        "generic": {"()": "engine.logs.RedactingFormatter",
                     "fmt": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-        "access": {"()": "cxr.logs.RedactingFormatter", "fmt": "%(message)s"},
+        "access": {"()": "engine.logs.RedactingFormatter", "fmt": "%(message)s"},
     },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},

@@ -24,11 +24,12 @@ from typing import Any
 from flask import current_app, request
 
 from api.envelope import ApiError
-from inference.discovery import is_utf8, within_roots
+from engine.discovery import is_utf8, within_roots
+from reports.publish import LAYOUTS
 
 #: DICOM LO (the PatientID VR) holds at most 64 characters.
 MAX_PATIENT_ID_LENGTH = 64
-LAYOUTS = ("patient", "instance")
+
 
 
 def json_body() -> dict[str, Any]:

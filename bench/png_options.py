@@ -23,7 +23,7 @@ STRATEGIES = {"default": cv2.IMWRITE_PNG_STRATEGY_DEFAULT, "rle": cv2.IMWRITE_PN
 
 
 def images(size: int) -> dict[str, np.ndarray]:
-    from inference.phantoms import make_phantom
+    from demo.phantoms import make_phantom
     from reports.images import render_heatmap_overlay, to_uint8_display
 
     phantom = make_phantom(1000, 0, size=size)

@@ -243,8 +243,8 @@ def write_tiny_corpus(folder: Path, count: int, size: int) -> float:
     """``count`` valid DICOM files of ``size`` px: one phantom, each copy its own patient and UIDs."""
     from pydicom.uid import generate_uid
 
-    from inference.phantom_dicom import PhantomFileSpec, phantom_dataset
-    from inference.phantoms import make_phantom
+    from demo.phantom_dicom import PhantomFileSpec, phantom_dataset
+    from demo.phantoms import make_phantom
 
     t = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
@@ -339,8 +339,8 @@ def _redis_mib(client: Any) -> float:
 
 def in_process(files: Sequence[Path], out: Path, predictor: Any) -> dict[str, Any]:
     """``process_file`` over ``files`` in this process, model loaded and warm."""
+    from engine.pipeline import process_file
     from inference.dicom_read import ReadOptions
-    from inference.pipeline import process_file
 
     options = ReadOptions.from_env()
     for sub in ("warmup", "loop"):
@@ -357,7 +357,7 @@ def in_process(files: Sequence[Path], out: Path, predictor: Any) -> dict[str, An
 
 def single_file_run(path: Path, out: Path, predictor: Any) -> Callable[[], Any]:
     """One in-process single inference of ``path`` (as the worker runs it), warmed up once."""
-    from inference.pipeline import process_file
+    from engine.pipeline import process_file
 
     out.mkdir(parents=True, exist_ok=True)
 
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench-service.json")
     args = parser.parse_args(argv)
 
+    from demo.phantom_dicom import write_phantoms
     from inference.bundle import read_bundle
-    from inference.phantom_dicom import write_phantoms
     from inference.predict import Predictor, configure_tensorflow
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-service-"))

@@ -1,6 +1,6 @@
 """The floor: per-stage times of one process doing one file's work, with nothing else.
 
-Each stage of ``inference.pipeline`` is run and timed on its own, in the order the
+Each stage of ``engine.pipeline`` is run and timed on its own, in the order the
 pipeline runs them, once per file of the corpus (after one warm-up file): read (parse
 header, patient, eligibility), decode (first frame), pixel pipeline (modality LUT, VOI,
 polarity), provenance (stored-value hash), preprocess (resize, normalise), forward +
@@ -49,22 +49,22 @@ def file_stages(path: Path, predictor: Any, out_dir: Path) -> dict[str, float]:
     """One file's stages, each timed on its own (ms); ``floor`` is the sum of FLOOR_STAGES."""
     import numpy as np
 
-    from inference.decode import decode_first_frame
-    from inference.dicom_read import (
-        ReadOptions,
-        build_display_image,
-        check_eligibility,
-        load_dataset,
-        read_patient_info,
-        record_provenance,
-    )
-    from inference.image import DicomImage
-    from inference.pipeline import (
+    from engine.pipeline import (
         folder_parts_for,
         heatmap_label,
         predictions_document,
         publication_rank,
     )
+    from inference.decode import decode_first_frame
+    from inference.dicom_header import (
+        ReadOptions,
+        check_eligibility,
+        read_patient_info,
+        record_provenance,
+    )
+    from inference.dicom_load import load_dataset
+    from inference.dicom_read import build_display_image
+    from inference.image import DicomImage
     from reports.images import encode_png, render_heatmap_overlay, to_uint8_display
     from reports.pdf import render_report_pdf
     from reports.predictions import dumps_predictions
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench-stages.json")
     args = parser.parse_args(argv)
 
+    from demo.phantom_dicom import write_phantoms
     from inference.bundle import read_bundle
-    from inference.phantom_dicom import write_phantoms
     from inference.predict import Predictor, configure_tensorflow
 
     configure_tensorflow()

@@ -28,7 +28,7 @@ def _quiet_tensorflow() -> None:
 def cmd_phantoms(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from inference.phantom_dicom import write_phantoms
+    from demo.phantom_dicom import write_phantoms
 
     with tqdm(total=args.count, unit="file", disable=args.quiet) as bar:
         records = write_phantoms(Path(args.out), args.count, seed=args.seed, size=args.size, start=args.start,
@@ -39,8 +39,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
+    from demo.train import TrainConfig, main_summary, train
     from inference.bundle import DEFAULT_BUNDLE_DIR
-    from inference.train import TrainConfig, main_summary, train
 
     cfg = TrainConfig(output=Path(args.output) if args.output else DEFAULT_BUNDLE_DIR, seed=args.seed,
                       train_images=args.images, epochs=args.epochs, max_minutes=args.max_minutes)
@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
-    from inference.evaluate import TARGETS, evaluate
+    from demo.evaluate import TARGETS, evaluate
 
     result = evaluate(Path(args.model) if args.model else None, count=args.count)
     if not args.json_only:
@@ -73,11 +73,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from tqdm import tqdm
 
+    from engine.discovery import iter_dicom_files
+    from engine.pipeline import process_file
+    from engine.summary import summarise, summary_path, write_summary_file
     from inference.bundle import read_bundle
     from inference.dicom_read import ReadOptions
-    from inference.discovery import iter_dicom_files
     from inference.errors import BundleError
-    from inference.pipeline import process_file, summarise
     from inference.predict import Predictor, configure_tensorflow
 
     src, out = Path(args.path), Path(args.output)
@@ -101,9 +102,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     for path in tqdm(files, unit="file", disable=args.quiet):
         records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout, options=options))
     summary = summarise(records, job_id=job_id, total=len(files))
-    jobs = out / ".jobs"
-    jobs.mkdir(exist_ok=True)
-    (jobs / f"{job_id}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_summary_file(summary_path(out, job_id), summary)
     print(f"job {job_id}: {summary['total']} files, {summary['processed']} processed, "
           f"{len(summary['skipped'])} skipped, {len(summary['superseded'])} superseded")
     for skip in summary["skipped"]:

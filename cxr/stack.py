@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from cxr.logs import redact_handlers
+from engine.logs import redact_handlers
 
 log = logging.getLogger("cxr.stack")
 

@@ -1,4 +1,4 @@
-"""The 11 findings of the API contract, in its order and spelling (``../shared/API.md``)."""
+"""The 11 findings of the API contract, in its order and spelling (``docs/API.md``)."""
 
 from __future__ import annotations
 

@@ -230,9 +230,6 @@ class Predictor:
             for i in range(len(batch))
         ]
 
-    def analyse(self, pixels01: np.ndarray) -> Analysis:
-        return self.analyse_batch(self.preprocess(pixels01)[None])[0]
-
     def gradcam_for(self, batch: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Grad-CAM maps (n, h, w) in [0, 1] for a given label index per image."""
         cams = self._cam_for(np.asarray(batch, np.float32), np.asarray(indices, np.int32)).numpy()

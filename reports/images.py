@@ -3,7 +3,7 @@
 Stage: image rendering. Decode once, render twice: the caller turns the decoded pixels
 into the uint8 display image ONCE (``to_uint8_display``), then encodes it
 (``encode_png``) for ``*_source_image.png`` and draws the overlay on the same array
-(``render_heatmap_png``) for ``*_heatmap.png``. The PDF embeds those two PNG byte
+(``render_heatmap_overlay``, then ``encode_png``) for ``*_heatmap.png``. The PDF embeds those two PNG byte
 strings as they are; nothing here is computed twice.
 """
 
@@ -72,11 +72,6 @@ def encode_png(arr: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def render_source_png(pixels01: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> bytes:
-    """Convenience for one-off use: ``encode_png(to_uint8_display(pixels01, max_side))``."""
-    return encode_png(to_uint8_display(pixels01, max_side))
-
-
 def render_heatmap_overlay(
     display_u8: np.ndarray,
     heatmap01: np.ndarray,
@@ -121,17 +116,6 @@ def render_heatmap_overlay(
     )
     _draw_caption(overlay, label)
     return overlay
-
-
-def render_heatmap_png(
-    display_u8: np.ndarray,
-    heatmap01: np.ndarray,
-    label: str,
-    *,
-    alpha: float = OVERLAY_ALPHA,
-) -> bytes:
-    """PNG bytes of ``render_heatmap_overlay(display_u8, heatmap01, label)``."""
-    return encode_png(render_heatmap_overlay(display_u8, heatmap01, label, alpha=alpha))
 
 
 def heatmap_caption(finding: str, confidence: float) -> str:

@@ -5,9 +5,8 @@ two PNG byte strings already written as ``*_source_image.png`` and ``*_heatmap.p
 Output: the PDF bytes. Each call builds a fresh ``FPDF`` object, so concurrent or
 successive reports share no page, font-subset or patient state.
 
-Fonts: DejaVu Sans (shipped in ``reports/fonts``) covers Latin, Greek, Cyrillic and
-more. CJK-capable fonts found on the system, or listed in ``CXR_REPORT_FALLBACK_FONTS``
-(``os.pathsep``-separated paths), are registered as fallbacks. A character that no
+Fonts (``reports.pdf_fonts``): DejaVu Sans, shipped in ``reports/fonts``, with
+CJK-capable fallbacks from the system or ``CXR_REPORT_FALLBACK_FONTS``. A character that no
 registered font has is drawn as U+FFFD instead of being left to fpdf2, so missing
 glyphs never raise and fpdf2 never logs about them. Arabic and other scripts needing
 shaping render as unjoined letters in logical order (fpdf2 shapes only with
@@ -16,59 +15,25 @@ uharfbuzz, which is not a dependency).
 
 from __future__ import annotations
 
-import copy
-import functools
 import io
 import math
-import os
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from fontTools import subset as ftsubset
-from fontTools import ttLib
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
-from fpdf.fonts import SubsetMap, TTFFont
+from fpdf.fonts import TTFFont
 from fpdf.image_datastructures import RasterImageInfo
 
 from reports.images import png_size, png_stream
+from reports.pdf_fonts import FONT_FAMILY, fallback_for, register_fonts
 from reports.predictions import (
     DEFAULT_THRESHOLD,
     RESULT_ABNORMAL,
     RESULT_NORMAL,
     RESULT_TB,
 )
-
-FONT_DIR = Path(__file__).resolve().parent / "fonts"
-FONT_FAMILY = "DejaVu"
-FALLBACK_FAMILY = "DejaVuFallback"  # DejaVu Sans cut to CORE_RANGES, or complete
-#: Unicode ranges of the main report faces: ASCII, Latin-1, general punctuation, U+FFFD.
-BASIC_RANGES: tuple[tuple[int, int], ...] = ((0x0020, 0x007E), (0x00A0, 0x00FF), (0x2000, 0x206F),
-                                             (0xFFFD, 0xFFFD))
-#: The first fallback's ranges: Latin (with Vietnamese), Greek, Cyrillic, punctuation,
-#: currency, letter-like symbols, arrows, and U+FFFD. Other scripts: the complete faces.
-CORE_RANGES: tuple[tuple[int, int], ...] = (
-    (0x0020, 0x024F), (0x0370, 0x03FF), (0x0400, 0x052F), (0x1E00, 0x1EFF),
-    (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x21FF), (0xFFFD, 0xFFFD),
-)
-FALLBACK_FONTS_ENV = "CXR_REPORT_FALLBACK_FONTS"
-SYSTEM_FALLBACK_FONTS: tuple[str, ...] = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/wqy-microhei/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
-    "/usr/share/fonts/truetype/arphic/uming.ttc",
-    "/usr/share/fonts/truetype/unfonts-core/UnDotum.ttf",
-)
-_FONT_EXTENSIONS = (".ttf", ".otf", ".ttc", ".otc")
 
 TITLE = "CXR Engine — Chest X-ray AI report"
 DEMO_DISCLAIMER = "DEMO MODEL — trained on synthetic images — NOT FOR CLINICAL USE"
@@ -112,7 +77,7 @@ def render_report_pdf(
         .strip()
     )
     pdf = _ReportPDF(stamp)
-    _register_fonts(pdf, fallback=fallback_for(doc))
+    register_fonts(pdf, pdf.fallback_fonts, fallback=fallback_for(doc))
     pdf.add_page()
     _patient_block(pdf, _mapping(doc.get("metadata")), _mapping(doc.get("source")))
     _result_banner(pdf, str(doc.get("result", "")))
@@ -120,26 +85,6 @@ def render_report_pdf(
     _images(pdf, source_png, heatmap_png, _mapping(doc.get("heatmap")))
     _model_block(pdf, _mapping(doc.get("model")), _mapping(doc.get("heatmap")))
     return bytes(pdf.output())
-
-
-@functools.cache
-def fallback_font_paths() -> tuple[Path, ...]:
-    """Existing fallback font files: ``CXR_REPORT_FALLBACK_FONTS`` first, then system ones.
-
-    Looked up once per process (``fallback_font_paths.cache_clear()`` to redo it).
-    """
-    configured = os.environ.get(FALLBACK_FONTS_ENV, "").split(os.pathsep)
-    found: list[Path] = []
-    for raw in [*configured, *SYSTEM_FALLBACK_FONTS]:
-        path = Path(raw.strip()) if raw.strip() else None
-        if (
-            path
-            and path.suffix.lower() in _FONT_EXTENSIONS
-            and path.is_file()
-            and path not in found
-        ):
-            found.append(path)
-    return tuple(found)
 
 
 def is_demo_model(model: Mapping[str, Any]) -> bool:
@@ -197,153 +142,6 @@ class _ReportPDF(FPDF):
         self.cell(width, 5, f"Generated {self.generated_at}")
         self.cell(width, 5, f"Page {self.page_no()}/{PAGE_ALIAS}", align="R")
         self.set_text_color(0, 0, 0)
-
-
-def _register_fonts(pdf: _ReportPDF, *, fallback: Fallback) -> None:
-    """Add the report faces and, when the text needs them, fallback faces.
-
-    fpdf2 subsets every registered font again for each PDF, at a cost in proportion
-    to the font's size (about 0.1 s a face for the whole of DejaVu Sans), and embeds
-    every registered font, used or not. So the main faces are DejaVu Sans cut down
-    once per process to :data:`BASIC_RANGES`; a document whose text needs more gets,
-    as fallbacks, DejaVu Sans cut to :data:`CORE_RANGES` or complete (whichever has
-    its characters), and the CJK fonts only for characters DejaVu Sans lacks.
-    """
-    _add_font(pdf, FONT_FAMILY, "", FONT_DIR / "DejaVuSans.ttf", tier="basic")
-    _add_font(pdf, FONT_FAMILY, "B", FONT_DIR / "DejaVuSans-Bold.ttf", tier="basic")
-    families = []
-    if fallback.dejavu is not None:
-        families.append(FALLBACK_FAMILY)
-        for style, face in (("", "DejaVuSans.ttf"), ("B", "DejaVuSans-Bold.ttf")):
-            font = _add_font(pdf, FALLBACK_FAMILY, style, FONT_DIR / face, tier=fallback.dejavu)
-            if isinstance(font, TTFFont):
-                pdf.fallback_fonts.append(font)
-    if fallback.other_fonts:
-        for index, path in enumerate(fallback_font_paths()):
-            family = f"Fallback{index}"
-            font = _add_font(pdf, family, "", path)
-            if isinstance(font, TTFFont):
-                pdf.fallback_fonts.append(font)
-                families.append(family)
-    if families:
-        pdf.set_fallback_fonts(families, exact_match=False)
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """The fallback faces a document needs (:func:`fallback_for`)."""
-
-    dejavu: str | None = None  # None, "core" (the cut to CORE_RANGES) or "full"
-    other_fonts: bool = False  # CJK and configured fonts, for characters DejaVu Sans lacks
-
-
-_template_lock = threading.Lock()
-
-
-@functools.cache
-def _font_bytes(path: Path, tier: str) -> bytes:
-    """The font file, or its cut to a tier's ranges (outlines, metrics and names kept)."""
-    if tier == "full":
-        return path.read_bytes()
-    font = ttLib.TTFont(path, recalcTimestamp=False, recalcBBoxes=False)  # outlines copied, not recompiled
-    options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, glyph_names=True,
-                               name_IDs=["*"], name_languages=["*"], layout_features=[])
-    options.drop_tables += ["GDEF", "GPOS", "GSUB", "MATH", "hdmx", "FFTM", "meta"]
-    subsetter = ftsubset.Subsetter(options)
-    ranges = BASIC_RANGES if tier == "basic" else CORE_RANGES
-    subsetter.populate(unicodes=[c for first, last in ranges for c in range(first, last + 1)])
-    subsetter.subset(font)
-    out = io.BytesIO()
-    font.save(out)
-    return out.getvalue()
-
-
-@functools.cache
-def _font_template(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
-    """A font parsed once per process (cmap, widths, metrics), with its bytes.
-
-    Each document gets a copy of it with its own mutable parts (:func:`_add_font`)
-    instead of fpdf2 parsing the file again (about 0.1 s a face).
-    """
-    data = _font_bytes(path, tier)
-    font = TTFFont(FPDF(), io.BytesIO(data), f"template{style}", style)  # type: ignore[arg-type]
-    return font, data
-
-
-def _add_font(pdf: FPDF, family: str, style: str, path: Path, *, tier: str = "full") -> Any:
-    """Add ``path`` (cut to ``tier``) as ``family``/``style`` to ``pdf`` from the per-process template.
-
-    The copy shares the read-only tables (cmap, widths, descriptor) and gets fresh
-    per-document state: its index, key, glyph subset, and its own fontTools object,
-    because fpdf2 subsets that object in place when it writes the PDF. Font
-    collections and colour fonts are added the usual way.
-    """
-    if path.suffix.lower() in (".ttc", ".otc"):  # collections: fpdf2 picks the face itself
-        pdf.add_font(family, style, path)
-        return pdf.fonts[f"{family.lower()}{style}"]
-    template, data = _parsed_font(path, style, tier)
-    if template.color_font is not None:
-        pdf.add_font(family, style, path)
-        return pdf.fonts[f"{family.lower()}{style}"]
-    font = copy.copy(template)
-    font.i = len(pdf.fonts) + 1
-    font.fontkey = f"{family.lower()}{style}"
-    # Glyphs are copied as they are: recomputing bounding boxes would decompile and
-    # recompile every outline of the subset (most of the cost of writing the font).
-    font.ttfont = ttLib.TTFont(io.BytesIO(data), recalcTimestamp=False, recalcBBoxes=False, lazy=True)
-    font.missing_glyphs = []
-    font.biggest_size_pt = 0
-    font._hbfont = None
-    font.subset = SubsetMap(font)
-    pdf.fonts[font.fontkey] = font
-    return font
-
-
-def prepare_fonts() -> None:
-    """Cut and parse the main report faces now (about 0.5 s once per process).
-
-    A worker calls it when its process starts, so that its first file's report does
-    not pay it inside the file's time limit.
-    """
-    _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", "basic")
-    _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", "basic")
-
-
-def _parsed_font(path: Path, style: str, tier: str) -> tuple[TTFFont, bytes]:
-    with _template_lock:  # one parse per font, even when threads render reports at once
-        return _font_template(path, style, tier)
-
-
-def fallback_for(doc: Mapping[str, Any]) -> Fallback:
-    """Which fallback faces ``doc``'s text needs.
-
-    A cut is made and parsed only when the one below it lacks a character; the
-    complete faces only for a character the core cut lacks and DejaVu Sans has.
-    """
-    chars = {ord(c) for text in _strings(doc) for c in text if c.isprintable()}
-    missing = chars
-    dejavu = None
-    for tier in ("basic", "core", "full"):
-        regular, _ = _parsed_font(FONT_DIR / "DejaVuSans.ttf", "", tier)
-        bold, _ = _parsed_font(FONT_DIR / "DejaVuSans-Bold.ttf", "B", tier)
-        lacking = {c for c in missing if c not in regular.cmap or c not in bold.cmap}
-        if lacking != missing and tier != "basic":
-            dejavu = tier  # this cut has characters the one below lacks
-        missing = lacking
-        if not missing:
-            break
-    return Fallback(dejavu=dejavu, other_fonts=bool(missing) and bool(fallback_font_paths()))
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
 
 
 def _drawable(pdf: _ReportPDF, text: str) -> str:

@@ -19,6 +19,41 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CXR_TF_THREADS", "2")
 
+#: Every Redis database number the tests use, in one place. Each is flushed by the tests
+#: that use it, at their start and end; ``make run`` and a default deployment use 0.
+#: Tests that share a number run one after the other and flush it between them.
+REDIS_DBS: dict[str, int] = {
+    "compose": 4,  # tests/deploy/test_compose.py: the compose start-up test's API and worker
+    "gpu": 4,  # tests/workers/test_gpu.py
+    "single_wait": 5,  # tests/api/test_single_wait.py
+    "rate_limit": 6,  # tests/api/test_rate_limit.py
+    "internal_errors": 6,  # tests/workers/test_internal_errors.py
+    "live": 7,  # the gunicorn + worker service of tests/support/live.py
+    "engine": 9,  # tests/engine: the job store and the delivery decision, no worker
+    "faults_workers": 10,  # tests/workers/test_faults_workers.py
+    "watchdog": 11,  # tests/workers/test_faults_watchdog.py
+    "faults_redis": 11,  # tests/workers/test_faults_redis.py
+    "faults_disk": 11,  # tests/workers/test_faults_disk.py
+    "service": 12,  # the session's API and worker (tests/support/service_fixtures.py)
+    "stack": 13,  # tests/cxr/test_stack.py (make run)
+    "time_limits": 14,  # tests/workers/test_time_limits.py
+    "idle": 15,  # tests/api/test_job_records.py: a database no worker listens on
+    "missing": 99,  # past Redis's 16 databases: every command fails
+}
+
+pytest_plugins = ["tests.support.service_fixtures"]
+
+#: Session fixtures that start worker or server processes (tests/support/service_fixtures.py):
+#: a test that uses one is a ``service`` test, left out of ``make test-fast``.
+PROCESS_FIXTURES = frozenset({"worker", "second_worker", "live"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
+
+
 #: Phantom files in tests are small: a 2k image costs seconds to write and read.
 PHANTOM_TEST_SIZE = 384
 
@@ -43,7 +78,7 @@ def predictor(demo_bundle_dir: Path):
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight small phantom DICOM files (every storage variant) plus phantoms.json."""
-    from inference.phantom_dicom import write_phantoms
+    from demo.phantom_dicom import write_phantoms
 
     out = tmp_path_factory.mktemp("phantoms")
     write_phantoms(out, 8, seed=4242, size=PHANTOM_TEST_SIZE)

@@ -21,18 +21,15 @@ gives the same summary, so a redelivered callback is harmless.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inference.pipeline import summarise
+from engine.jobstore import JobStore
+from engine.summary import summarise, summary_path, write_summary_file
 from reports.publish import remove_job_temp_dirs, remove_stale_temp_dirs
-from workers.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +61,6 @@ def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float, *,
     else:
         record["detail"] = f"the file's task failed ({outcome[1]})"
     return record
-
-
-def summary_path(output_root: Path, job_id: str) -> Path:
-    return output_root / ".jobs" / f"{job_id}.json"
-
-
-def write_summary_file(path: Path, summary: dict[str, Any]) -> None:
-    path.parent.mkdir(exist_ok=True)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    temp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temp, path)
 
 
 def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], TaskOutcome], *,

@@ -1,17 +1,17 @@
 """Celery tasks: the only place where the inference core meets Celery.
 
 Like a web view, each task unpacks its arguments, calls plain functions
-(``inference.pipeline``, ``workers.finalize``) and handles retries; nothing more.
+(``engine.pipeline``, ``workers.finalize``) and handles retries; nothing more.
 
 * ``cxr.infer_file`` (queue ``inference``): one file of a bulk job. It never raises for
   a file problem: a refused or failed file becomes a skip record, so the chord callback
   always runs. Its soft time limit becomes a ``timeout`` skip. Only a transient Redis
   failure (recording the result) raises, and is retried with exponential backoff.
-  Each start is counted in the job record first (``JobStore.begin_file``): a file
-  recorded by an earlier delivery is not processed again; a file of a finished or
-  unknown job is not processed at all; and a file whose worker process died
-  ``CXR_MAX_DELIVERIES`` times while processing it (the message comes back each time,
-  ``task_reject_on_worker_lost``) is skipped as ``worker_lost`` on its next delivery.
+  What to do with a delivery is decided by ``engine.delivery.decide_delivery`` (a plain
+  function of the job store): a file recorded by an earlier delivery is not processed
+  again; a file of a finished or unknown job is not processed at all; and a file whose
+  worker process died ``CXR_MAX_DELIVERIES`` times while processing it (the message
+  comes back each time, ``task_reject_on_worker_lost``) is skipped as ``worker_lost``.
 * ``cxr.infer_single`` (queue ``inference``): ``POST /single_inference``.
 * ``cxr.finalize_job`` (default queue): the chord callback; writes the job summary.
 * ``cxr.chord_failed``: the callback's error hook, called once every file's task has
@@ -41,23 +41,26 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 
 import celeryconfig
+from engine.delivery import decide_delivery
+from engine.jobstore import JobStore
+from engine.pipeline import analyse_file, process_file
+from engine.settings import WorkerSettings
 from inference.bundle import read_bundle
 from inference.dicom_read import ReadOptions
 from inference.errors import CxrError, register_interrupt
-from inference.pipeline import analyse_file, process_file
 from inference.predict import Predictor, configure_tensorflow
-from reports.pdf import prepare_fonts
+from reports.pdf_fonts import prepare_fonts
 from workers import gpu
-from workers.app import app
+from workers.app import worker_app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
-from workers.jobs import JobStore
 from workers.single import notify_done
 from workers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # fpdf2's font subsetting chatters at INFO
 
+app = worker_app()
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 register_interrupt(SoftTimeLimitExceeded)  # a slow file is a timeout, not a decode error
 _lock = threading.Lock()
@@ -85,8 +88,15 @@ def read_options() -> ReadOptions:
 
 def job_store() -> JobStore:
     if "store" not in _state:
-        _state["store"] = JobStore.from_url(celeryconfig.REDIS_URL, retries=5)
+        _state["store"] = JobStore.from_url(app.conf.broker_url, retries=5)
     return _state["store"]
+
+
+def settings() -> WorkerSettings:
+    """The engine's worker knobs, read from the environment once per process."""
+    if "settings" not in _state:
+        _state["settings"] = WorkerSettings.from_env()
+    return _state["settings"]
 
 
 def _warmup_image() -> Any:
@@ -100,6 +110,7 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     """Main process, before the fork: check the bundle, share the cores among children."""
     bundle = read_bundle()  # raises BundleError: the worker refuses to start
     log.info("model bundle %s verified", bundle.identity())
+    log.info("worker settings: %s", settings())  # read now, before the fork, and inherited
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     if not os.environ.get("CXR_TF_THREADS", "").strip():
         # N children each sizing TensorFlow to every core would oversubscribe the CPU.
@@ -123,13 +134,13 @@ def _load_model(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_watchdog(sender: Any = None, **_: Any) -> None:
     """Main process, once the worker consumes: the stalled-job watchdog (daemon thread)."""
-    conf = celeryconfig
-    watchdog = Watchdog(JobStore.from_url(conf.REDIS_URL, retries=2), (conf.INFERENCE_QUEUE, conf.DEFAULT_QUEUE),
-                        _outcome_lookup, grace_s=conf.stall_grace_s, interval_s=conf.watchdog_interval_s,
+    conf, knobs = celeryconfig, settings()
+    watchdog = Watchdog(JobStore.from_url(app.conf.broker_url, retries=2), (conf.INFERENCE_QUEUE, conf.DEFAULT_QUEUE),
+                        _outcome_lookup, grace_s=knobs.stall_grace_s, interval_s=knobs.watchdog_interval_s,
                         hard_limit_s=app.conf.task_time_limit, name=getattr(sender, "hostname", "worker"))
     watchdog.start()
     _state["watchdog"] = watchdog
-    log.info("stalled-job watchdog: sweep every %g s, grace %g s", conf.watchdog_interval_s, conf.stall_grace_s)
+    log.info("stalled-job watchdog: sweep every %g s, grace %g s", knobs.watchdog_interval_s, knobs.stall_grace_s)
 
 
 @signals.worker_shutdown.connect
@@ -138,29 +149,21 @@ def _stop_watchdog(**_: Any) -> None:
         _state.pop("watchdog").stop()
 
 
-def worker_lost_record(path: str, deaths: int) -> dict[str, Any]:
-    return {"path": path, "status": "skipped", "reason": "worker_lost",
-            "detail": f"the worker process died {deaths} times while processing this file; given up"}
-
-
 @app.task(name="cxr.infer_file", bind=True, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
           retry_backoff_max=celeryconfig.RETRY_BACKOFF_MAX_S, retry_jitter=True, max_retries=5)
 def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
-    begun = job_store().begin_file(job_id, index)
-    if begun.state in ("gone", "finished"):
-        log.warning("file %d of job %s not processed: the job is %s", index, job_id, begun.state)
-        return {"index": index, "status": "skipped", "job": begun.state}
-    if begun.state == "recorded" and begun.record is not None:
+    delivery = decide_delivery(job_store(), job_id, index, path=path, retries=int(self.request.retries or 0),
+                               max_deliveries=settings().max_deliveries, worker=self.request.hostname)
+    if delivery.action == "ignore":
+        log.warning("file %d of job %s not processed: the job is %s", index, job_id, delivery.job_state)
+        return {"index": index, "status": "skipped", "job": delivery.job_state}
+    if delivery.action == "recorded" and delivery.record is not None:
         log.info("file %d of job %s was recorded by an earlier delivery; not processed again", index, job_id)
-        return {"index": index, "status": begun.record["status"]}
-    # Starts that ended inside the task (a retry after a Redis error) are not deaths.
-    deaths = begun.starts - 1 - int(self.request.retries or 0)
-    if deaths >= celeryconfig.max_deliveries:
-        record = worker_lost_record(path, deaths)
+        return {"index": index, "status": delivery.record["status"]}
+    deaths = delivery.deaths
+    if delivery.action == "give_up":
         log.error("file %d of job %s (%s): worker died %d times on it; given up", index, job_id, path, deaths)
-        record.update(index=index, worker=self.request.hostname)
-        job_store().record_file(job_id, index, record)
-        return {"index": index, "status": record["status"]}
+        return {"index": index, "status": "skipped"}
     if deaths:
         log.warning("file %d of job %s: delivery %d (the worker died %d time(s) on it)", index, job_id,
                     deaths + 1, deaths)

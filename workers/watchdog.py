@@ -37,9 +37,9 @@ from typing import Any
 
 import redis
 
+from engine.jobstore import FINISHED, JobStore
 from workers.canvas import job_id_of_task
 from workers.finalize import TaskOutcome, finalize_job
-from workers.jobs import FINISHED, JobStore
 
 log = logging.getLogger(__name__)
 

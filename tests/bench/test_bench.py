@@ -11,7 +11,7 @@ import pytest
 from bench.__main__ import ratios
 from bench.service import percentile, write_tiny_corpus
 from bench.stages import FLOOR_STAGES, REFERENCE_STAGES, floor
-from inference.phantom_dicom import write_phantoms
+from demo.phantom_dicom import write_phantoms
 from inference.predict import Predictor, configure_tensorflow
 
 

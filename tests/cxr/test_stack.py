@@ -31,10 +31,12 @@ import pytest
 import redis
 
 from cxr.stack import StackError, flower_auth
-from tests.service.support import redis_db_url
+from tests.support.service import redis_db_url
+
+pytestmark = pytest.mark.service  # starts its own worker, API or Redis processes
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = redis_db_url(13)
+REDIS_URL = redis_db_url("stack")
 BANNER_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 40.0
 

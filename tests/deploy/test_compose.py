@@ -297,8 +297,9 @@ def test_image_installs_the_project_from_what_it_copies(dockerfile: str) -> None
             if not dest.startswith("/opt/"):  # the entrypoint is checked above
                 sources.append(src)
     names = wheel_contents(tuple(sorted(sources)))
-    for needed in ("api/__init__.py", "api/gunicorn_conf.py", "workers/app.py", "workers/tasks.py",
-                   "workers/gpu.py", "celeryconfig.py", "inference/bundles/demo/model.keras",
+    modules = [str(path.relative_to(ROOT)) for pkg in ("api", "workers", "engine", "inference", "reports", "cxr", "demo")
+               for path in (ROOT / pkg).rglob("*.py") if "__pycache__" not in path.parts]
+    for needed in (*modules, "celeryconfig.py", "inference/bundles/demo/model.keras",
                    "inference/bundles/demo/manifest.json", "reports/fonts/DejaVuSans.ttf"):
         assert needed in names, f"{dockerfile}: the installed project lacks {needed}"
 
@@ -506,14 +507,15 @@ def start_service(name: str, svc: dict[str, Any], env: dict[str, str], tmp_path:
     return proc, log
 
 
+@pytest.mark.service
 def test_api_and_flower_start_as_the_compose_file_runs_them(tmp_path: Path) -> None:
     import redis
 
     from cxr.stack import Child, free_port, stop_group
-    from tests.service.support import redis_db_url
+    from tests.support.service import redis_db_url
 
     main = services(MAIN)
-    redis_url = redis_db_url(4)  # this module's and tests/workers/test_gpu.py's database, flushed
+    redis_url = redis_db_url("compose")  # this module's and tests/workers/test_gpu.py's database, flushed
     redis.Redis.from_url(redis_url).flushdb()
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONPATH": str(ROOT)}

@@ -41,8 +41,8 @@ from typing import IO, Any
 import pytest
 
 from cxr.stack import free_port
-from inference.phantom_dicom import write_phantoms
-from tests.service.support import ROOT, SECRET, worker_env
+from demo.phantom_dicom import write_phantoms
+from tests.support.service import ROOT, SECRET, worker_env
 
 log = logging.getLogger(__name__)
 

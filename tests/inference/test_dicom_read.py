@@ -19,13 +19,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
 from inference import dicom_read
-from inference.dicom_read import (
-    ReadOptions,
-    check_eligibility,
-    load_dataset,
-    read_dicom_image,
-    read_patient_info,
-)
+from inference.dicom_header import ReadOptions, check_eligibility, read_patient_info
+from inference.dicom_load import load_dataset
+from inference.dicom_read import read_dicom_image
 from inference.errors import (
     DecodeError,
     MissingPatientId,

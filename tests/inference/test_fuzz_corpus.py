@@ -4,7 +4,7 @@ Every file gets exactly the outcome the corpus names: broken files a skip with a
 reason code and a detail, hostile-but-valid files (patient ids with separators, NUL,
 1,000 characters, dots, non-Latin) a distinct, safe folder directly under the output
 root. No exception escapes, and nothing is written outside the output folder. The
-same corpus runs as a real bulk job in ``tests/service/test_hostile_input.py``.
+same corpus runs as a real bulk job in ``tests/workers/test_hostile_input.py``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from inference.dicom_read import DEFER_BYTES, read_dicom_image
+from engine.pipeline import process_file
+from inference.dicom_load import DEFER_BYTES
+from inference.dicom_read import read_dicom_image
 from inference.errors import SKIP_REASONS, UnreadableDicom, UnsupportedImage
-from inference.pipeline import process_file
-from tests.inference.fuzz_corpus import (
+from tests.support.fuzz_corpus import (
     HOSTILE_PATIENT_IDS,
     PROCESSED,
     CorpusEntry,

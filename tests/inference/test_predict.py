@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from demo.phantoms import make_phantom
 from inference.labels import LABELS
-from inference.phantoms import make_phantom
 from inference.predict import normalise_heatmap
 
 
@@ -33,13 +33,13 @@ def test_prediction_is_deterministic_and_batch_independent(predictor):
     for a, b in zip(batch, again):
         assert np.array_equal(a.probabilities, b.probabilities)
         assert np.array_equal(a.heatmap, b.heatmap)
-    single = predictor.analyse(images[1])
+    single = predictor.analyse_batch(predictor.preprocess(images[1])[None])[0]
     np.testing.assert_allclose(single.probabilities, batch[1].probabilities, atol=1e-5)
     np.testing.assert_allclose(single.heatmap, batch[1].heatmap, atol=1e-4)
 
 
 def test_outputs_have_the_contract_shapes(predictor):
-    analysis = predictor.analyse(make_phantom(1, 2, size=300).image)
+    analysis = predictor.analyse_batch(predictor.preprocess(make_phantom(1, 2, size=300).image)[None])[0]
     assert analysis.probabilities.shape == (len(LABELS),)
     assert ((analysis.probabilities >= 0) & (analysis.probabilities <= 1)).all()
     assert (
@@ -53,7 +53,7 @@ def test_heatmap_finding_rule(predictor):
     """Highest-scoring present finding, else the highest finding overall."""
     thresholds = np.array([predictor.bundle.thresholds[n] for n in LABELS])
     for i in range(6):
-        analysis = predictor.analyse(make_phantom(123, i, size=448).image)
+        analysis = predictor.analyse_batch(predictor.preprocess(make_phantom(123, i, size=448).image)[None])[0]
         p = analysis.probabilities
         present = p >= thresholds
         expected = (
@@ -70,7 +70,7 @@ def test_heatmap_finding_rule(predictor):
 def test_model_finds_a_clear_lesion_and_gradcam_points_at_it(predictor, name):
     """Phantoms with a known lesion: the finding scores present and Grad-CAM's maximum
     falls inside its box for most of them (the model is small; allow one miss)."""
-    from inference.evaluate import points_inside
+    from demo.evaluate import points_inside
 
     hits, present = 0, 0
     for i in range(5):
@@ -90,7 +90,7 @@ def test_normal_phantoms_score_low(predictor):
     positives = 0
     for i in range(5):
         p = make_phantom(556, i, size=448, labels=np.zeros(len(LABELS), np.float32))
-        positives += int((predictor.analyse(p.image).probabilities >= thresholds).sum())
+        positives += int((predictor.analyse_batch(predictor.preprocess(p.image)[None])[0].probabilities >= thresholds).sum())
     assert positives <= 2
 
 

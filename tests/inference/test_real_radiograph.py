@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from engine.pipeline import analyse_file
 from inference.dicom_read import read_dicom_image
-from inference.pipeline import analyse_file
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from inference.image import PatientInfo
 from reports.images import (
     encode_png,
     heatmap_caption,
-    render_heatmap_png,
+    render_heatmap_overlay,
     to_uint8_display,
 )
 from reports.predictions import LABELS, build_findings, build_predictions_document
@@ -109,8 +109,8 @@ def report_pngs(display_u8: np.ndarray) -> tuple[bytes, bytes]:
     """(source PNG, heatmap PNG) made from ``display_u8`` the way the worker does."""
     heat = np.zeros((8, 8), dtype=np.float32)
     heat[2:5, 3:6] = 1.0
-    return encode_png(display_u8), render_heatmap_png(
-        display_u8, heat, heatmap_caption("Tuberculosis", 0.87)
+    return encode_png(display_u8), encode_png(
+        render_heatmap_overlay(display_u8, heat, heatmap_caption("Tuberculosis", 0.87))
     )
 
 

@@ -11,8 +11,6 @@ from reports.images import (
     heatmap_caption,
     png_size,
     render_heatmap_overlay,
-    render_heatmap_png,
-    render_source_png,
     to_uint8_display,
 )
 
@@ -51,7 +49,7 @@ def test_display_rejects_non_2d() -> None:
 
 def test_source_png_is_8bit_and_lossless() -> None:
     pixels = np.random.default_rng(0).random((600, 500), dtype=np.float32)
-    png = render_source_png(pixels)
+    png = encode_png(to_uint8_display(pixels))
     decoded = decode(png)
     assert decoded.dtype == np.uint8 and decoded.shape == (600, 500)
     assert np.array_equal(decoded, to_uint8_display(pixels))
@@ -97,7 +95,7 @@ def test_overlay_survives_non_finite_heatmaps(fill: float) -> None:
 def test_heatmap_png_decodes_as_bgr() -> None:
     display = np.full((120, 90), 100, dtype=np.uint8)
     heat = np.random.default_rng(1).random((8, 8)).astype(np.float32)
-    decoded = decode(render_heatmap_png(display, heat, "Tuberculosis 50.0%"))
+    decoded = decode(encode_png(render_heatmap_overlay(display, heat, "Tuberculosis 50.0%")))
     assert decoded.shape == (120, 90, 3) and decoded.dtype == np.uint8
 
 

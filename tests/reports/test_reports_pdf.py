@@ -16,15 +16,12 @@ from pypdf import PdfReader
 
 from inference.image import PatientInfo
 from reports.images import png_stream
-from reports.pdf import (
+from reports.pdf import DEMO_DISCLAIMER, READER_DISCLAIMER, TITLE, render_report_pdf
+from reports.pdf_fonts import (
     CORE_RANGES,
-    DEMO_DISCLAIMER,
     FALLBACK_FONTS_ENV,
     FONT_DIR,
-    READER_DISCLAIMER,
-    TITLE,
     fallback_font_paths,
-    render_report_pdf,
 )
 from reports.predictions import LABELS
 

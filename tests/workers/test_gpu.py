@@ -21,10 +21,12 @@ import pytest
 import redis
 
 from cxr.stack import Child, stop_group
-from tests.service.support import ROOT, redis_db_url, worker_env
+from tests.support.service import ROOT, redis_db_url, worker_env
 from workers.gpu import default_concurrency, device_for_process, visible_gpu_ids
 
-REDIS_URL = redis_db_url(4)
+pytestmark = pytest.mark.service  # starts its own worker, API or Redis processes
+
+REDIS_URL = redis_db_url("gpu")
 
 
 @pytest.mark.parametrize(("cuda_visible", "nodes", "expected"), [

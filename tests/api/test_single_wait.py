@@ -1,0 +1,39 @@
+"""workers.single: the marker that wakes a waiting single inference, against a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support.service import redis_db_url
+from workers.single import DONE_TTL_S, done_key, notify_done, wait_done
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_db_url("single_wait"), decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def test_marker_wakes_the_waiter_at_once(client: redis.Redis) -> None:
+    timer = threading.Timer(0.2, notify_done, args=(client, "single-abc"))
+    timer.start()
+    start = time.monotonic()
+    assert wait_done(client, "single-abc", 5.0)
+    assert time.monotonic() - start < 2.0  # woken by the marker, not by the 5 s timeout
+    assert not client.exists(done_key("single-abc"))  # consumed
+
+
+def test_no_marker_times_out(client: redis.Redis) -> None:
+    assert not wait_done(client, "single-none", 0.1)
+
+
+def test_unread_marker_expires(client: redis.Redis) -> None:
+    notify_done(client, "single-late")  # the API gave up: nobody reads it
+    assert 0 < client.ttl(done_key("single-late")) <= DONE_TTL_S

@@ -1,0 +1,235 @@
+"""One file in, four artifacts out: the pipeline end to end on real files."""
+
+import io
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pypdf import PdfReader
+
+from demo.phantom_dicom import PhantomFileSpec, phantom_dataset
+from demo.phantoms import make_phantom
+from engine.discovery import iter_dicom_files
+from engine.pipeline import process_file
+from engine.summary import summarise
+from inference.labels import LABELS
+
+
+def _write_phantom(
+    path, index, *, patient_id=None, acquisition=None, size=320, seed=31
+):
+    ds = phantom_dataset(
+        make_phantom(seed, index, size=size),
+        seed=seed,
+        index=index,
+        spec=PhantomFileSpec.for_index(index),
+        patient_id=patient_id,
+    )
+    if acquisition:
+        ds.AcquisitionDateTime = acquisition
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def test_processed_file_has_four_artifacts_in_the_api_layout(
+    tmp_path, phantom_dir, predictor
+):
+    src = sorted(phantom_dir.glob("*.dcm"))[1]  # JPEG 2000, MONOCHROME1
+    ds = pydicom.dcmread(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    record = process_file(src, out, predictor, job_id="job-1")
+    assert record["status"] == "processed", record
+    pid = str(ds.PatientID)
+    folder = out / pid
+    assert record["folder"] == str(folder)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(
+        f"{pid}_{s}"
+        for s in ("predictions.json", "heatmap.png", "source_image.png", "report.pdf")
+    )
+
+    doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
+    assert [f["name"] for f in doc["findings"]] == list(LABELS)
+    for f in doc["findings"]:
+        assert 0 <= f["confidence"] <= 1
+        assert f["presence"] == (f["confidence"] >= doc["thresholds"][f["name"]])
+    present = {f["name"] for f in doc["findings"] if f["presence"]}
+    expected = (
+        "TB Presumptive"
+        if "Tuberculosis" in present
+        else ("Abnormal" if present else "Normal")
+    )
+    assert doc["result"] == expected
+    assert set(doc["metadata"]) == {
+        "model_version",
+        "patient_id",
+        "patient_name",
+        "sop_instance_uid",
+        "age",
+        "sex",
+    }
+    assert all(isinstance(v, str) for v in doc["metadata"].values())
+    assert doc["metadata"]["patient_id"] == pid
+    assert doc["metadata"]["age"] == str(ds.PatientAge)
+    assert (
+        doc["model"]["demo"] is True
+        and "NOT FOR CLINICAL USE" in doc["model"]["intended_use"]
+    )
+    assert (
+        doc["heatmap"]["method"] == "grad-cam" and doc["heatmap"]["finding"] in LABELS
+    )
+    assert doc["heatmap"]["layer"] == predictor.bundle.gradcam_layer
+    prov = doc["provenance"]
+    assert prov["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.90"
+    assert prov["decoder"] and prov["inverted"] is True
+    assert {"read_decode", "forward_gradcam", "report_pdf"} <= set(doc["timings_ms"])
+
+    source = cv2.imdecode(
+        np.frombuffer((folder / f"{pid}_source_image.png").read_bytes(), np.uint8),
+        cv2.IMREAD_UNCHANGED,
+    )
+    assert source.dtype == np.uint8 and source.shape == (ds.Rows, ds.Columns)
+    heat = cv2.imdecode(
+        np.frombuffer((folder / f"{pid}_heatmap.png").read_bytes(), np.uint8),
+        cv2.IMREAD_COLOR,
+    )
+    assert heat.shape == (ds.Rows, ds.Columns, 3)
+
+    reader = PdfReader(io.BytesIO((folder / f"{pid}_report.pdf").read_bytes()))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    assert pid in text
+    assert doc["result"] in text
+    assert "NOT FOR CLINICAL USE" in text
+    assert predictor.bundle.name in text
+
+
+def test_broken_files_are_skipped_with_reasons_and_others_processed(
+    tmp_path, phantom_dir, predictor
+):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(min(phantom_dir.glob("*.dcm")), inp / "good.DCM")
+    (inp / "empty.dcm").write_bytes(b"")
+    (inp / "noise.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
+    shutil.copy(get_testdata_file("CT_small.dcm"), inp / "ct.dcm")
+    shutil.copy(get_testdata_file("DICOMDIR"), inp / "dicomdir.dcm")
+    (inp / "notes.txt").write_text("not a dicom")
+    out = tmp_path / "out"
+    out.mkdir()
+    files = list(iter_dicom_files(inp))
+    assert [f.name for f in files] == [
+        "ct.dcm",
+        "dicomdir.dcm",
+        "empty.dcm",
+        "good.DCM",
+        "noise.dcm",
+    ]
+    records = [process_file(f, out, predictor, job_id="job-2") for f in files]
+    summary = summarise(records, job_id="job-2", total=len(files))
+    assert summary["processed"] == 1
+    reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in summary["skipped"]}
+    assert reasons == {
+        "ct.dcm": "unsupported_modality",
+        "dicomdir.dcm": "unsupported_image",
+        "empty.dcm": "unreadable_dicom",
+        "noise.dcm": "unreadable_dicom",
+    }
+    assert all(s["detail"] for s in summary["skipped"])
+
+
+def test_same_patient_keeps_one_image_by_the_documented_rule(tmp_path, predictor):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    out.mkdir()
+    _write_phantom(inp / "a.dcm", 0, patient_id="P1", acquisition="20260301120000")
+    newest = _write_phantom(
+        inp / "b.dcm", 1, patient_id="P1", acquisition="20260302080000"
+    )
+    _write_phantom(inp / "c.dcm", 2, patient_id="P1", acquisition="20260101090000")
+    # Process in an order where the winner is neither first nor last.
+    records = [
+        process_file(inp / n, out, predictor, job_id="job-3")
+        for n in ("c.dcm", "b.dcm", "a.dcm")
+    ]
+    summary = summarise(records, job_id="job-3", total=3)
+    assert summary["processed"] == 3
+    assert sorted(s["path"] for s in summary["superseded"]) == [
+        str(inp / "a.dcm"),
+        str(inp / "c.dcm"),
+    ]
+    folder = out / "P1"
+    doc = json.loads((folder / "P1_predictions.json").read_text())
+    assert doc["metadata"]["sop_instance_uid"] == str(newest.SOPInstanceUID)
+    # Never a mix: every artifact of the folder belongs to the winning image.
+    source = cv2.imdecode(
+        np.frombuffer((folder / "P1_source_image.png").read_bytes(), np.uint8), 0
+    )
+    assert source.shape == (320, 320)
+    pdf_text = PdfReader(folder / "P1_report.pdf").pages[0].extract_text()
+    assert str(newest.SOPInstanceUID)[-12:] in pdf_text.replace("\n", "")
+    assert len(list(folder.iterdir())) == 4
+    assert not any(p.name not in (".tmp", ".locks", "P1") for p in out.iterdir())
+
+
+def test_instance_layout_keeps_every_image(tmp_path, predictor):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    out.mkdir()
+    a = _write_phantom(inp / "a.dcm", 0, patient_id="P2")
+    b = _write_phantom(inp / "b.dcm", 1, patient_id="P2")
+    for name in ("a.dcm", "b.dcm"):
+        assert (
+            process_file(inp / name, out, predictor, job_id="job-4", layout="instance")[
+                "status"
+            ]
+            == "processed"
+        )
+    for ds in (a, b):
+        folder = out / "P2" / str(ds.SOPInstanceUID)
+        assert (folder / "P2_predictions.json").is_file() and (
+            folder / "P2_report.pdf"
+        ).is_file()
+
+
+# Writing the 1000-character id makes pydicom warn (LO allows 64): that is the point.
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")
+@pytest.mark.parametrize(
+    "hostile", ["../../etc/evil", "..", "/abs/path", "a\\..\\b", ".hidden", "x" * 1000]
+)
+def test_hostile_patient_ids_never_escape_the_output_folder(
+    tmp_path, predictor, hostile
+):
+    inp, out = tmp_path / "in", tmp_path / "deep" / "out"
+    out.mkdir(parents=True)
+    _write_phantom(inp / "h.dcm", 3, patient_id=hostile)
+    record = process_file(inp / "h.dcm", out, predictor, job_id="job-5")
+    assert record["status"] == "processed", record
+    folder = out.resolve() / record["folder"].rsplit("/", 1)[1]
+    assert folder.parent == out.resolve() and not folder.name.startswith(".")
+    assert len(folder.name) <= 64
+    # Nothing was written anywhere but inside the output folder.
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - {inp / "h.dcm"}
+    assert all(out.resolve() in p.resolve().parents for p in written)
+    doc = json.loads(next(folder.glob("*_predictions.json")).read_text())
+    assert (
+        doc["metadata"]["patient_id"] == hostile
+    )  # the id itself is kept, only the folder name is sanitised
+
+
+def test_unwritable_output_is_a_reasoned_skip(tmp_path, phantom_dir, predictor):
+    """The staging area cannot be created (a file squats on ``.tmp``; tests run as root,
+    so permissions would not stop a write): the file is skipped with a reason and no
+    patient folder appears."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tmp").write_text("squatter")
+    record = process_file(
+        min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-6"
+    )
+    assert record["status"] == "skipped" and record["reason"] == "output_error"
+    assert record["detail"].startswith("could not write the output folder (E")
+    assert sorted(p.name for p in out.iterdir()) == [".tmp"]

@@ -1,0 +1,94 @@
+"""No secret, token or patient name in any log (issue 4, hostile clients).
+
+Through the live service (tests/support/live.py: gunicorn with ``api.gunicorn_conf``, a
+real worker, Redis database 7) with a distinctive JWT secret and Flower password in
+both processes' environment and phantoms whose PatientName is distinctive: a bulk job,
+both kinds of single inference (whose answers do carry the name, so the name really
+flowed through API, broker and worker), a token in a query string, forged and expired
+tokens, and enough failures to trip the rate limit across gunicorn's processes. Then
+every log (gunicorn's access log, the API log, the worker log) is searched.
+
+Patient *ids* may appear: they name the output folders, and logs carry paths. Names
+never may.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import jwt
+
+from api.ratelimit import KEY_PREFIX, TOO_MANY_FAILURES
+from tests.support.live import PATIENT_NAME, PATIENT_NAME_PARTS, LiveService
+
+#: The live service runs with the default limit (CXR_AUTH_FAIL_LIMIT unset).
+DEFAULT_LIMIT = 20
+
+
+def call(live: LiveService, method: str, path: str, body: Any = None, token: str | None = None,
+         close: bool = False) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = token
+    if close:
+        headers["Connection"] = "close"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(live.url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
+    out = live.data / "out-logs"
+    status, body, _ = call(live, "POST", "/bulk_inference", {"input_folder_path": str(live.inputs),
+                                                              "output_folder_path": str(out)}, live.token)
+    assert status == 200, body
+    job_id = body["Data"]["job_id"]
+    assert body["Data"]["processed"] == len(list(live.inputs.glob("*.dcm")))
+
+    image = str(min(live.inputs.glob("*.dcm")))
+    for extra in ({"save_to_disk": True, "output_folder_path": str(out / "single")}, {"save_to_disk": False}):
+        status, body, _ = call(live, "POST", "/single_inference", {"input_image_path": image, **extra}, live.token)
+        assert status == 200, body
+        assert body["Data"]["metadata"]["patient_name"] == PATIENT_NAME  # the name did travel
+
+    # A token where it does not belong (query string), and tokens the API refuses.
+    status, _, _ = call(live, "GET", f"/jobs/{job_id}?token={live.token}", token=live.token)
+    assert status == 200
+    expired = jwt.encode({"sub": "x", "jti": "j", "type": "access", "exp": int(time.time()) - 60},
+                         live.jwt_secret, "HS256")
+    forged = jwt.encode({"sub": "x", "jti": "j", "type": "access", "exp": int(time.time()) + 60},
+                        "not-" + live.jwt_secret, "HS256")
+    answers = [call(live, "GET", f"/jobs/{job_id}", token=t, close=True)
+               for t in [expired, forged] * (DEFAULT_LIMIT // 2)]
+    assert [a[0] for a in answers] == [401] * DEFAULT_LIMIT
+    # The limit is shared by gunicorn's processes (the counter is in Redis): the next one is refused.
+    status, body, headers = call(live, "GET", f"/jobs/{job_id}", token=forged, close=True)
+    assert (status, body["Message"]) == (429, TOO_MANY_FAILURES)
+    assert int(headers["Retry-After"]) >= 1
+    for key in live.redis.scan_iter(match=f"*{KEY_PREFIX}*"):
+        live.redis.delete(key)  # lift the lock-out: the load test comes from the same address
+
+    time.sleep(0.5)  # the worker's last lines
+    logs = live.log_files()
+    assert set(logs) == {"access.log", "api.log", "worker.log"}
+    # The logs were written and cover what happened (or the search below proves nothing).
+    assert "POST /bulk_inference HTTP/1.1\" 200" in logs["access.log"]
+    assert f"GET /jobs/{job_id} HTTP/1.1\" 429" in logs["access.log"]
+    assert f"job {job_id}: " in logs["api.log"]
+    assert "ratelimit" in logs["api.log"]
+    assert job_id in logs["worker.log"] and "cxr.infer_single" in logs["worker.log"]
+
+    forbidden = {"JWT secret": live.jwt_secret, "Flower password": live.flower_password, "token": live.token,
+                 "expired token": expired, "forged token": forged, "any JWT": "eyJ", "patient name": PATIENT_NAME}
+    forbidden.update({f"patient name part {part}": part for part in PATIENT_NAME_PARTS})
+    leaks = [f"{what} in {name}" for name, text in logs.items() for what, value in forbidden.items()
+             if value.lower() in text.lower()]
+    assert not leaks, leaks
