@@ -74,6 +74,8 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:
         log.exception("unhandled error")  # the operator's log has the traceback; the client never does
-        messages = {"inference.single_inference": "Single Inference failed due to an internal error",
-                    "inference.bulk_inference": "Bulk inference failed due to an internal error"}
+        messages = {
+            "inference.single_inference": "Single Inference failed due to an internal error",
+            "inference.bulk_inference": "Bulk inference failed due to an internal error",
+        }
         return envelope(500, messages.get(request.endpoint or "", "Internal server error"), result="Failure")

@@ -35,17 +35,21 @@ DEFAULTS: dict[str, Any] = {
     "CXR_TRUSTED_PROXIES": 0,
 }
 
-_NUMERIC = {"CXR_TOKEN_DAYS": int, "CXR_BULK_WAIT_S": float, "CXR_SINGLE_WAIT_S": float,
-            "CXR_POLL_INTERVAL_S": float, "CXR_MAX_BODY_BYTES": int,
-            "CXR_TRUSTED_PROXIES": int}
+_NUMERIC = {
+    "CXR_TOKEN_DAYS": int,
+    "CXR_BULK_WAIT_S": float,
+    "CXR_SINGLE_WAIT_S": float,
+    "CXR_POLL_INTERVAL_S": float,
+    "CXR_MAX_BODY_BYTES": int,
+    "CXR_TRUSTED_PROXIES": int,
+}
 
 
 class ConfigError(RuntimeError):
     """A setting that makes the service unsafe or unable to start."""
 
 
-def load_config(environ: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_config(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     env = os.environ if environ is None else environ
     config = dict(DEFAULTS)
     for key in DEFAULTS:
@@ -69,8 +73,9 @@ def check_client_limits(config: Mapping[str, Any]) -> None:
     try:
         parse_many(str(config["CXR_AUTH_FAIL_LIMIT"]))
     except ValueError:
-        raise ConfigError(f"CXR_AUTH_FAIL_LIMIT={config['CXR_AUTH_FAIL_LIMIT']!r} is not a rate limit "
-                          "such as '20 per minute'") from None
+        raise ConfigError(
+            f"CXR_AUTH_FAIL_LIMIT={config['CXR_AUTH_FAIL_LIMIT']!r} is not a rate limit such as '20 per minute'"
+        ) from None
     if int(config["CXR_TRUSTED_PROXIES"]) < 0:
         raise ConfigError("CXR_TRUSTED_PROXIES must be 0 or more")
 
@@ -91,14 +96,15 @@ def read_secret(config: Mapping[str, Any]) -> str:
 def check_secret(config: Mapping[str, Any]) -> None:
     secret = config["CXR_JWT_SECRET"]
     if not secret:
-        raise ConfigError("no JWT secret: set CXR_JWT_SECRET or CXR_JWT_SECRET_FILE "
-                          "(`make run` generates one for local use)")
+        raise ConfigError(
+            "no JWT secret: set CXR_JWT_SECRET or CXR_JWT_SECRET_FILE (`make run` generates one for local use)"
+        )
     if len(secret) < MIN_SECRET_LENGTH:
         if config["CXR_ENV"] == "production":
-            raise ConfigError(f"CXR_JWT_SECRET is shorter than {MIN_SECRET_LENGTH} characters; "
-                              "refusing to start in production")
-        log.warning("the JWT secret is shorter than %d characters: acceptable for development only",
-                    MIN_SECRET_LENGTH)
+            raise ConfigError(
+                f"CXR_JWT_SECRET is shorter than {MIN_SECRET_LENGTH} characters; refusing to start in production"
+            )
+        log.warning("the JWT secret is shorter than %d characters: acceptable for development only", MIN_SECRET_LENGTH)
 
 
 def parse_data_roots(text: str) -> list[Path]:

@@ -37,8 +37,10 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "generic": {"()": "engine.logs.RedactingFormatter",
-                    "fmt": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+        "generic": {
+            "()": "engine.logs.RedactingFormatter",
+            "fmt": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        },
         "access": {"()": "engine.logs.RedactingFormatter", "fmt": "%(message)s"},
     },
     "handlers": {

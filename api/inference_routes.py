@@ -71,8 +71,14 @@ def single_inference() -> Any:
     wait_s = float(current_app.config["CXR_SINGLE_WAIT_S"])
     celery = current_app.extensions["cxr_celery"]
     task_id = f"single-{uuid.uuid4().hex}"
-    send_single(celery, request_id=task_id, path=str(image), output=str(output) if output else None,
-                patient_id=patient_id, expires_s=wait_s)
+    send_single(
+        celery,
+        request_id=task_id,
+        path=str(image),
+        output=str(output) if output else None,
+        patient_id=patient_id,
+        expires_s=wait_s,
+    )
     outcome = _wait_for_task(celery, task_id, wait_s)
     if outcome is None:
         raise ApiError(503, f"No inference worker answered within {wait_s:g} s; the request was withdrawn")
@@ -108,8 +114,9 @@ def _single_answer(outcome: dict[str, Any], shown_input: str, shown_output: str)
         return envelope(200, SINGLE_OK, outcome["data"])
     reason, detail = outcome.get("reason"), outcome.get("detail")
     if reason == "unreadable_dicom":
-        raise ApiError(400, f"Invalid DICOM image, unable to fetch patient ID: {shown_input}",
-                       {"reason": reason, "detail": detail})
+        raise ApiError(
+            400, f"Invalid DICOM image, unable to fetch patient ID: {shown_input}", {"reason": reason, "detail": detail}
+        )
     if reason == "missing_patient_id":
         raise ApiError(400, f"Patient ID is empty or None: {shown_input}", {"reason": reason, "detail": detail})
     if reason in ("unsupported_modality", "unsupported_image", "decode_error"):
@@ -160,11 +167,16 @@ def bulk_inference() -> Any:
     status_url = url_for("jobs.job_status", job_id=job_id)
     if not wait:
         return envelope(202, BULK_ACCEPTED, {"job_id": job_id, "status_url": status_url})
-    progress = _wait_for_job(store, job_id, float(current_app.config["CXR_BULK_WAIT_S"]),
-                             float(current_app.config["CXR_POLL_INTERVAL_S"]))
+    progress = _wait_for_job(
+        store, job_id, float(current_app.config["CXR_BULK_WAIT_S"]), float(current_app.config["CXR_POLL_INTERVAL_S"])
+    )
     if progress is None or not progress.finished:
-        return envelope(202, BULK_STILL_RUNNING, {"job_id": job_id, "status_url": status_url,
-                                                  **(progress.as_data() if progress else {})}, result="Warning")
+        return envelope(
+            202,
+            BULK_STILL_RUNNING,
+            {"job_id": job_id, "status_url": status_url, **(progress.as_data() if progress else {})},
+            result="Warning",
+        )
     if progress.status != "completed":
         raise ApiError(500, "Bulk inference failed due to an internal error", progress.summary)
     return envelope(200, BULK_OK, progress.summary)

@@ -31,7 +31,6 @@ from reports.publish import LAYOUTS
 MAX_PATIENT_ID_LENGTH = 64
 
 
-
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or 415 (any content type is parsed as JSON).
 
@@ -90,8 +89,13 @@ def layout_field(body: dict[str, Any]) -> str:
 
 def server_path(field: str, value: Any, roots: Sequence[Path]) -> Path:
     """The resolved path named by ``field``, checked against the data roots."""
-    if (not isinstance(value, str) or not value.strip() or "\x00" in value or not os.path.isabs(value)
-            or not is_utf8(value)):
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or "\x00" in value
+        or not os.path.isabs(value)
+        or not is_utf8(value)
+    ):
         raise ApiError(400, f"Invalid path {field}: {value!r}")
     resolved = Path(os.path.realpath(value))
     if not within_roots(resolved, roots):
@@ -113,8 +117,12 @@ def patient_id_field(body: dict[str, Any]) -> str | None:
     value = body.get("patient_id")
     if value is None:
         return None
-    if (not isinstance(value, str) or not value.strip() or len(value) > MAX_PATIENT_ID_LENGTH
-            or any(unicodedata.category(ch).startswith("C") for ch in value)):
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > MAX_PATIENT_ID_LENGTH
+        or any(unicodedata.category(ch).startswith("C") for ch in value)
+    ):
         raise ApiError(400, f"Invalid patient_id: {value!r} in request body")
     return value.strip()
 

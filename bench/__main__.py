@@ -58,8 +58,9 @@ TARGETS = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--files", type=int, default=60, help="corpus files (default 60)")
     p.add_argument("--size", type=int, default=2048, help="corpus image side in px (default 2048)")
     p.add_argument("--bundles", default=",".join(BUNDLES), help="floor, cxr infer, in-process (default both)")
@@ -67,8 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--single-requests", type=int, default=20, help="timed single inferences (default 20)")
     p.add_argument("--big-job-files", type=int, default=10000, help="files of the big job; 0 skips it")
     p.add_argument("--big-job-size", type=int, default=64, help="image side of the big job's files (default 64)")
-    p.add_argument("--big-job-ttl", type=int, default=120,
-                   help="CXR_RESULT_TTL_S and CXR_JOB_TTL_S during the run, so expiry is observed (default 120)")
+    p.add_argument(
+        "--big-job-ttl",
+        type=int,
+        default=120,
+        help="CXR_RESULT_TTL_S and CXR_JOB_TTL_S during the run, so expiry is observed (default 120)",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     p.add_argument("--output", default="bench-results.json")
     p.add_argument("--keep", action="store_true", help="keep the work folder (corpus, outputs, logs)")
@@ -97,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"], results["targets"] = ratios(results)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(f"\nwritten {args.output}; bench ran {results['bench_runtime_s']:.0f} s"
-          + (f"; work folder {work}" if args.keep else ""))
+    print(
+        f"\nwritten {args.output}; bench ran {results['bench_runtime_s']:.0f} s"
+        + (f"; work folder {work}" if args.keep else "")
+    )
     return 0
 
 
@@ -108,20 +115,35 @@ def run(args: argparse.Namespace, bundles: list[str], service_bundles: list[str]
 
     tf_info = configure_tensorflow()
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "platform": platform.platform(),
-                    "python": platform.python_version(), **tf_info},
-        "settings": {k: getattr(args, k) for k in ("files", "size", "single_requests", "big_job_files",
-                                                   "big_job_size", "big_job_ttl")} | {"bundles": bundles,
-                                                                                       "service_bundles": service_bundles},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_name(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            **tf_info,
+        },
+        "settings": {
+            k: getattr(args, k)
+            for k in ("files", "size", "single_requests", "big_job_files", "big_job_size", "big_job_ttl")
+        }
+        | {"bundles": bundles, "service_bundles": service_bundles},
         "noisy": "timings on a shared machine; compare ratios within this run",
     }
     folder = work / "in"
     t = time.perf_counter()
-    subprocess.run([str(svc_mod.BIN / "cxr"), "phantoms", str(folder), "--count", str(args.files),
-                    "--size", str(args.size)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(svc_mod.BIN / "cxr"), "phantoms", str(folder), "--count", str(args.files), "--size", str(args.size)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     files = sorted(folder.glob("*.dcm"))
-    results["corpus"] = {"files": len(files), "size": args.size, "seconds": round(time.perf_counter() - t, 1),
-                         "kinds": "CR and DX, MONOCHROME1/2, 8-16 bits; odd indices JPEG 2000 lossless"}
+    results["corpus"] = {
+        "files": len(files),
+        "size": args.size,
+        "seconds": round(time.perf_counter() - t, 1),
+        "kinds": "CR and DX, MONOCHROME1/2, 8-16 bits; odd indices JPEG 2000 lossless",
+    }
     log.info("corpus: %d files of %d px", len(files), args.size)
 
     bundle_dirs: dict[str, Path] = {"demo": DEFAULT_BUNDLE_DIR}
@@ -135,8 +157,9 @@ def run(args: argparse.Namespace, bundles: list[str], service_bundles: list[str]
         log.info("%s: floor", name)
         results[f"floor_{name}"] = stages.floor(files, predictor, work / f"floor-{name}")
         log.info("%s: cxr infer", name)
-        results[f"cli_infer_{name}"] = svc_mod.cli_infer(folder, work / f"cli-{name}",
-                                                         dict(os.environ, CXR_MODEL_DIR=str(bundle_dirs[name])))
+        results[f"cli_infer_{name}"] = svc_mod.cli_infer(
+            folder, work / f"cli-{name}", dict(os.environ, CXR_MODEL_DIR=str(bundle_dirs[name]))
+        )
         log.info("%s: in-process loop", name)
         results[f"in_process_{name}"] = svc_mod.in_process(files, work / f"inproc-{name}", predictor)
     single_file = files[0]  # uncompressed (even index)
@@ -153,10 +176,14 @@ def run(args: argparse.Namespace, bundles: list[str], service_bundles: list[str]
                     results[f"service_{name}_c{c}"] = svc_mod.bulk_job(service, folder, work / f"svc-{name}-c{c}")
                     if name == "demo" and c == 1 and args.single_requests:
                         log.info("single inference latency")
-                        baseline = (svc_mod.single_file_run(single_file, work / "single-inproc", predictors["demo"])
-                                    if "demo" in predictors else None)
+                        baseline = (
+                            svc_mod.single_file_run(single_file, work / "single-inproc", predictors["demo"])
+                            if "demo" in predictors
+                            else None
+                        )
                         results["single_service_demo"] = svc_mod.single_latency(
-                            service, single_file, work / "single-svc", args.single_requests, baseline)
+                            service, single_file, work / "single-svc", args.single_requests, baseline
+                        )
                 finally:
                     svc_mod.stop_group(worker)
         if args.big_job_files:
@@ -164,8 +191,7 @@ def run(args: argparse.Namespace, bundles: list[str], service_bundles: list[str]
             big = work / "big"
             seconds = svc_mod.write_tiny_corpus(big, args.big_job_files, args.big_job_size)
             log.info("big job: running (written in %.0f s)", seconds)
-            results["big_job"] = svc_mod.big_job(service, big, work / "big-out", concurrency=2,
-                                                 ttl_s=args.big_job_ttl)
+            results["big_job"] = svc_mod.big_job(service, big, work / "big-out", concurrency=2, ttl_s=args.big_job_ttl)
             results["big_job"]["corpus_seconds"] = seconds
     finally:
         service.stop()
@@ -188,12 +214,15 @@ def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, A
         "service_c1_vs_in_process": div(get("service_demo_c1", "files_per_s"), get("in_process_demo", "files_per_s")),
         "service_c2_vs_c1": div(get("service_demo_c2", "files_per_s"), get("service_demo_c1", "files_per_s")),
         "in_process_vs_floor": div(get("in_process_demo", "files_per_s"), get("floor_demo", "files_per_s")),
-        "in_process_vs_floor_densenet121": div(get("in_process_densenet121", "files_per_s"),
-                                               get("floor_densenet121", "files_per_s")),
-        "in_process_vs_floor_cpu": div(get("floor_demo", "mean_ms", "floor_cpu"),
-                                       get("in_process_demo", "cpu_ms_per_file")),
-        "in_process_vs_floor_cpu_densenet121": div(get("floor_densenet121", "mean_ms", "floor_cpu"),
-                                                   get("in_process_densenet121", "cpu_ms_per_file")),
+        "in_process_vs_floor_densenet121": div(
+            get("in_process_densenet121", "files_per_s"), get("floor_densenet121", "files_per_s")
+        ),
+        "in_process_vs_floor_cpu": div(
+            get("floor_demo", "mean_ms", "floor_cpu"), get("in_process_demo", "cpu_ms_per_file")
+        ),
+        "in_process_vs_floor_cpu_densenet121": div(
+            get("floor_densenet121", "mean_ms", "floor_cpu"), get("in_process_densenet121", "cpu_ms_per_file")
+        ),
         "cli_vs_in_process": div(get("cli_infer_demo", "files_per_s"), get("in_process_demo", "files_per_s")),
         "service_c1_vs_cli": div(get("service_demo_c1", "files_per_s"), get("cli_infer_demo", "files_per_s")),
         "single_overhead_p50_ms": None,
@@ -213,8 +242,10 @@ def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, A
 
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
-    print(f"\nCXR Engine benchmark: {m['cpus']} CPUs ({m['cpu']}), {r['corpus']['files']} files of "
-          f"{r['corpus']['size']} px (half JPEG 2000); {r['noisy']}")
+    print(
+        f"\nCXR Engine benchmark: {m['cpus']} CPUs ({m['cpu']}), {r['corpus']['files']} files of "
+        f"{r['corpus']['size']} px (half JPEG 2000); {r['noisy']}"
+    )
     for key in sorted(k for k in r if k.startswith("floor_")):
         stages.print_floor(f"floor, {key.removeprefix('floor_')}", r[key])
     print(f"\n{'run':<44} {'wall s':>8} {'files/s':>8} {'API RSS MiB':>12}")
@@ -224,16 +255,20 @@ def print_table(r: dict[str, Any]) -> None:
             print(f"{key:<44} {wall:>8.1f} {row['files_per_s']:>8.3f} {row.get('api_rss_peak_mib', ''):>12}")
     if "single_service_demo" in r:
         s = r["single_service_demo"]
-        print(f"\nsingle inference (demo, {s['requests']} warm requests): p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms; "
-              f"in-process same file p50 {s.get('in_process_p50_ms')} ms, p95 {s.get('in_process_p95_ms')} ms; "
-              f"overhead (paired) p50 {s.get('overhead_p50_ms')} ms, p95 {s.get('overhead_p95_ms')} ms")
+        print(
+            f"\nsingle inference (demo, {s['requests']} warm requests): p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms; "
+            f"in-process same file p50 {s.get('in_process_p50_ms')} ms, p95 {s.get('in_process_p95_ms')} ms; "
+            f"overhead (paired) p50 {s.get('overhead_p50_ms')} ms, p95 {s.get('overhead_p95_ms')} ms"
+        )
     if "big_job" in r:
         b = r["big_job"]
-        print(f"\nbig job: {b['files']} files of {r['settings']['big_job_size']} px, {b['concurrency']} worker processes: "
-              f"{b['processing_wall_s']} s ({b['files_per_s']} files/s), {b['processed']} processed; "
-              f"broker {b['broker']['bytes_per_file']} B/file; API RSS peak {b['api_rss_peak_mib']} MiB; Redis "
-              f"{b['redis_before']['used_memory_mib']} -> peak {b['redis_during']['used_memory_peak_mib']} -> "
-              f"{b['redis_after_expiry']['used_memory_mib']} MiB after expiry; callback {b['callback_s']} s")
+        print(
+            f"\nbig job: {b['files']} files of {r['settings']['big_job_size']} px, {b['concurrency']} worker processes: "
+            f"{b['processing_wall_s']} s ({b['files_per_s']} files/s), {b['processed']} processed; "
+            f"broker {b['broker']['bytes_per_file']} B/file; API RSS peak {b['api_rss_peak_mib']} MiB; Redis "
+            f"{b['redis_before']['used_memory_mib']} -> peak {b['redis_during']['used_memory_peak_mib']} -> "
+            f"{b['redis_after_expiry']['used_memory_mib']} MiB after expiry; callback {b['callback_s']} s"
+        )
     print(f"\n{'target':<48} {'value':>10} {'target':>10} {'met':>6}")
     for t in r["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:g}"

@@ -55,20 +55,26 @@ def build_densenet_bundle(path: Path, seed: int = 121) -> None:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     model.save(path / "model.keras")
-    write_manifest(path, {
-        "name": "densenet121-bench-random",
-        "version": "0",
-        "demo": True,
-        "intended_use": "BENCHMARK ONLY - random weights, meaningless outputs; NOT FOR CLINICAL USE.",
-        "labels": list(LABELS),
-        "thresholds": {name: 0.5 for name in LABELS},
-        "input_size": [INPUT_SIZE, INPUT_SIZE],
-        "channels": 1,
-        "normalization": {"mean": 0.5, "std": 0.25, "input": "display-polarity image in [0, 1]"},
-        "gradcam_layer": "relu",
-        "logits_layer": "logits",
-        "weights_file": "model.keras",
-        "weights_sha256": sha256_file(path / "model.keras"),
-        "training": {"data": "none: random weights (keras.applications.DenseNet121, weights=None)",
-                     "seed": seed, "parameters": int(model.count_params())},
-    })
+    write_manifest(
+        path,
+        {
+            "name": "densenet121-bench-random",
+            "version": "0",
+            "demo": True,
+            "intended_use": "BENCHMARK ONLY - random weights, meaningless outputs; NOT FOR CLINICAL USE.",
+            "labels": list(LABELS),
+            "thresholds": {name: 0.5 for name in LABELS},
+            "input_size": [INPUT_SIZE, INPUT_SIZE],
+            "channels": 1,
+            "normalization": {"mean": 0.5, "std": 0.25, "input": "display-polarity image in [0, 1]"},
+            "gradcam_layer": "relu",
+            "logits_layer": "logits",
+            "weights_file": "model.keras",
+            "weights_sha256": sha256_file(path / "model.keras"),
+            "training": {
+                "data": "none: random weights (keras.applications.DenseNet121, weights=None)",
+                "seed": seed,
+                "parameters": int(model.count_params()),
+            },
+        },
+    )

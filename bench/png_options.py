@@ -15,11 +15,18 @@ import time
 import cv2
 import numpy as np
 
-FILTERS = {"adaptive": cv2.IMWRITE_PNG_ALL_FILTERS, "none": cv2.IMWRITE_PNG_FILTER_NONE,
-           "sub": cv2.IMWRITE_PNG_FILTER_SUB, "up": cv2.IMWRITE_PNG_FILTER_UP,
-           "paeth": cv2.IMWRITE_PNG_FILTER_PAETH}
-STRATEGIES = {"default": cv2.IMWRITE_PNG_STRATEGY_DEFAULT, "rle": cv2.IMWRITE_PNG_STRATEGY_RLE,
-              "filtered": cv2.IMWRITE_PNG_STRATEGY_FILTERED}
+FILTERS = {
+    "adaptive": cv2.IMWRITE_PNG_ALL_FILTERS,
+    "none": cv2.IMWRITE_PNG_FILTER_NONE,
+    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
+    "up": cv2.IMWRITE_PNG_FILTER_UP,
+    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
+}
+STRATEGIES = {
+    "default": cv2.IMWRITE_PNG_STRATEGY_DEFAULT,
+    "rle": cv2.IMWRITE_PNG_STRATEGY_RLE,
+    "filtered": cv2.IMWRITE_PNG_STRATEGY_FILTERED,
+}
 
 
 def images(size: int) -> dict[str, np.ndarray]:
@@ -31,8 +38,7 @@ def images(size: int) -> dict[str, np.ndarray]:
     heat = np.zeros((28, 28), np.float32)
     heat[8:14, 5:12] = 1.0
     blurred = np.asarray(cv2.GaussianBlur(heat, (0, 0), 3.0), np.float32)
-    return {"grey source": display,
-            "colour overlay": render_heatmap_overlay(display, blurred / blurred.max(), "x 50%")}
+    return {"grey source": display, "colour overlay": render_heatmap_overlay(display, blurred / blurred.max(), "x 50%")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         for level in (1, 3, 6):
             for fname, flt in FILTERS.items():
                 for sname, strategy in STRATEGIES.items():
-                    params = [cv2.IMWRITE_PNG_COMPRESSION, level, cv2.IMWRITE_PNG_FILTER, flt,
-                              cv2.IMWRITE_PNG_STRATEGY, strategy]
+                    params = [
+                        cv2.IMWRITE_PNG_COMPRESSION,
+                        level,
+                        cv2.IMWRITE_PNG_FILTER,
+                        flt,
+                        cv2.IMWRITE_PNG_STRATEGY,
+                        strategy,
+                    ]
                     times, size = [], 0
                     for _ in range(5):
                         start = time.process_time()
                         size = len(cv2.imencode(".png", arr, params)[1])
                         times.append(time.process_time() - start)
-                    print(f"{name:<16} {level:>5} {fname:>9} {sname:>9} "
-                          f"{statistics.median(times) * 1000:>8.1f} {size / 1e6:>6.2f}")
+                    print(
+                        f"{name:<16} {level:>5} {fname:>9} {sname:>9} "
+                        f"{statistics.median(times) * 1000:>8.1f} {size / 1e6:>6.2f}"
+                    )
     return 0
 
 

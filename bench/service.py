@@ -133,13 +133,24 @@ class Service:
         import redis
 
         secret = secrets.token_urlsafe(48)
-        self.env = dict(os.environ, REDIS_URL=self.redis_url, CXR_JWT_SECRET=secret, CXR_DATA_ROOTS=str(self.work),
-                        TF_CPP_MIN_LOG_LEVEL="2", CXR_BULK_WAIT_S="3600", **self.env)
+        self.env = dict(
+            os.environ,
+            REDIS_URL=self.redis_url,
+            CXR_JWT_SECRET=secret,
+            CXR_DATA_ROOTS=str(self.work),
+            TF_CPP_MIN_LOG_LEVEL="2",
+            CXR_BULK_WAIT_S="3600",
+            **self.env,
+        )
         redis.Redis.from_url(self.redis_url).flushdb()
         self.port = free_port()
         env = dict(self.env, CXR_PORT=str(self.port))
-        self.api = _start("api", [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "api:create_app()"],
-                          env, self.work / "api.log")
+        self.api = _start(
+            "api",
+            [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "api:create_app()"],
+            env,
+            self.work / "api.log",
+        )
         _wait_until(lambda: _http("GET", f"{self.base}/ping", timeout=2)["status"] == "ok", 60, "API")
         os.environ.update(CXR_JWT_SECRET=secret, REDIS_URL=self.redis_url)
         from api import create_app
@@ -156,9 +167,24 @@ class Service:
 
     def worker(self, concurrency: int, log_name: str, **env: str) -> Child:
         """A ``celery worker`` with ``concurrency`` processes; returns once it answers /health."""
-        child = _start("worker", [str(BIN / "celery"), "-A", "workers.app", "worker", "-Q", "inference,celery",
-                                  "-c", str(concurrency), "-n", f"{log_name}@%h", "--loglevel=INFO"],
-                       dict(self.env, **env), self.work / f"{log_name}.log")
+        child = _start(
+            "worker",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                "inference,celery",
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{log_name}@%h",
+                "--loglevel=INFO",
+            ],
+            dict(self.env, **env),
+            self.work / f"{log_name}.log",
+        )
 
         def ready() -> bool:
             try:
@@ -166,6 +192,7 @@ class Service:
             except urllib.error.HTTPError:
                 return False
             return bool(data["Data"]["workers"])
+
         _wait_until(ready, 180, f"worker {log_name}")
         return child
 
@@ -178,8 +205,9 @@ class Service:
 
 
 def _start(name: str, cmd: list[str], env: dict[str, str], log: Path) -> Child:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     return Child(name, proc, log)
 
 
@@ -201,13 +229,19 @@ def bulk_job(svc: Service, folder: Path, out: Path) -> dict[str, Any]:
     wall = time.perf_counter() - t
     rss = sampler.stop()
     summary = answer["Data"]
-    return {"wall_s": round(wall, 2), "files_per_s": round(summary["total"] / wall, 3),
-            "processed": summary["processed"], "skipped": len(summary["skipped"]),
-            "api_rss_peak_mib": round(max(rss), 1), "job_wall_s": summary["timings"].get("wall_s")}
+    return {
+        "wall_s": round(wall, 2),
+        "files_per_s": round(summary["total"] / wall, 3),
+        "processed": summary["processed"],
+        "skipped": len(summary["skipped"]),
+        "api_rss_peak_mib": round(max(rss), 1),
+        "job_wall_s": summary["timings"].get("wall_s"),
+    }
 
 
-def single_latency(svc: Service, path: Path, out: Path, requests: int,
-                   in_process_run: Callable[[], Any] | None = None) -> dict[str, Any]:
+def single_latency(
+    svc: Service, path: Path, out: Path, requests: int, in_process_run: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     """Sequential warm ``POST /single_inference`` calls on one file (client-side latency).
 
     With ``in_process_run`` (the same file through ``process_file`` in this process),
@@ -227,15 +261,20 @@ def single_latency(svc: Service, path: Path, out: Path, requests: int,
             t = time.perf_counter()
             in_process_run()
             local.append((time.perf_counter() - t) * 1000.0)
-    result: dict[str, Any] = {"requests": requests, "p50_ms": round(percentile(latencies, 0.5), 1),
-                              "p95_ms": round(percentile(latencies, 0.95), 1),
-                              "latencies_ms": [round(v, 1) for v in latencies]}
+    result: dict[str, Any] = {
+        "requests": requests,
+        "p50_ms": round(percentile(latencies, 0.5), 1),
+        "p95_ms": round(percentile(latencies, 0.95), 1),
+        "latencies_ms": [round(v, 1) for v in latencies],
+    }
     if local:
         overhead = [a - b for a, b in zip(latencies, local)]
-        result.update(in_process_p50_ms=round(percentile(local, 0.5), 1),
-                      in_process_p95_ms=round(percentile(local, 0.95), 1),
-                      overhead_p50_ms=round(percentile(overhead, 0.5), 1),
-                      overhead_p95_ms=round(percentile(overhead, 0.95), 1))
+        result.update(
+            in_process_p50_ms=round(percentile(local, 0.5), 1),
+            in_process_p95_ms=round(percentile(local, 0.95), 1),
+            overhead_p50_ms=round(percentile(overhead, 0.5), 1),
+            overhead_p95_ms=round(percentile(overhead, 0.95), 1),
+        )
     return result
 
 
@@ -248,8 +287,9 @@ def write_tiny_corpus(folder: Path, count: int, size: int) -> float:
 
     t = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    ds = phantom_dataset(make_phantom(77, 0, size=size), seed=77, index=0,
-                         spec=PhantomFileSpec("CR", "MONOCHROME2", 12, False, True))
+    ds = phantom_dataset(
+        make_phantom(77, 0, size=size), seed=77, index=0, spec=PhantomFileSpec("CR", "MONOCHROME2", 12, False, True)
+    )
     for i in range(count):
         uid = generate_uid(entropy_srcs=["cxr-bench-big", str(i)])
         ds.PatientID = f"BIG{i:06d}"
@@ -274,14 +314,19 @@ def big_job(svc: Service, folder: Path, out: Path, *, concurrency: int, ttl_s: i
     api_rss = Sampler(svc.api_rss, interval=0.5)
     redis_peak.start()
     api_rss.start()
-    answer = svc.call("POST", "/bulk_inference", {"input_folder_path": str(folder), "output_folder_path": str(out),
-                                                  "wait": False})
+    answer = svc.call(
+        "POST", "/bulk_inference", {"input_folder_path": str(folder), "output_folder_path": str(out), "wait": False}
+    )
     job_id = answer["Data"]["job_id"]
     messages, queue_bytes = int(client.llen("inference")), int(client.memory_usage("inference", samples=0) or 0)
-    queued = {"messages": messages, "queue_bytes": queue_bytes,
-              "bytes_per_file": round(queue_bytes / max(messages, 1), 1)}
+    queued = {
+        "messages": messages,
+        "queue_bytes": queue_bytes,
+        "bytes_per_file": round(queue_bytes / max(messages, 1), 1),
+    }
     worker = svc.worker(concurrency, "bigjob", CXR_RESULT_TTL_S=str(ttl_s), CXR_JOB_TTL_S=str(ttl_s))
     try:
+
         def finished() -> bool:
             try:
                 data = svc.call("GET", f"/jobs/{job_id}", timeout=30)["Data"]
@@ -290,6 +335,7 @@ def big_job(svc: Service, folder: Path, out: Path, *, concurrency: int, ttl_s: i
                     raise RuntimeError(f"job {job_id}'s record expired; raise --big-job-ttl") from None
                 raise
             return data.get("status") in ("completed", "failed")
+
         _wait_until(finished, 600 + 2 * summary_files(folder), f"job {job_id}")
         summary = svc.call("GET", f"/jobs/{job_id}")["Data"]
     finally:
@@ -304,17 +350,28 @@ def big_job(svc: Service, folder: Path, out: Path, *, concurrency: int, ttl_s: i
     while client.dbsize() > persistent and time.monotonic() < deadline:
         time.sleep(2)
     after = {"used_memory_mib": _redis_mib(client), "keys": int(client.dbsize()), "keys_without_expiry": persistent}
-    callback = [float(m["s"]) for m in FINALIZE_LINE.finditer(worker.log_path.read_text(errors="replace"))
-                if m["id"].startswith(job_id)]
+    callback = [
+        float(m["s"])
+        for m in FINALIZE_LINE.finditer(worker.log_path.read_text(errors="replace"))
+        if m["id"].startswith(job_id)
+    ]
     timings = summary["timings"]
     return {
-        "files": summary["total"], "processed": summary["processed"], "skipped": len(summary["skipped"]),
-        "concurrency": concurrency, "ttl_s": ttl_s,
-        "wall_s": timings["wall_s"], "queued_s": timings["queued_s"],
+        "files": summary["total"],
+        "processed": summary["processed"],
+        "skipped": len(summary["skipped"]),
+        "concurrency": concurrency,
+        "ttl_s": ttl_s,
+        "wall_s": timings["wall_s"],
+        "queued_s": timings["queued_s"],
         "processing_wall_s": round(timings["wall_s"] - (timings["queued_s"] or 0.0), 2),
         "files_per_s": round(summary["total"] / max(timings["wall_s"] - (timings["queued_s"] or 0.0), 1e-9), 2),
-        "broker": queued, "api_rss_peak_mib": round(max(api), 1), "api_rss_start_mib": round(api[0], 1),
-        "redis_before": baseline, "redis_during": during, "redis_after_expiry": after,
+        "broker": queued,
+        "api_rss_peak_mib": round(max(api), 1),
+        "api_rss_start_mib": round(api[0], 1),
+        "redis_before": baseline,
+        "redis_during": during,
+        "redis_after_expiry": after,
         "redis_growth_after_expiry_mib": round(after["used_memory_mib"] - baseline["used_memory_mib"], 2),
         "callback_s": round(callback[0], 3) if callback else None,
     }
@@ -351,8 +408,12 @@ def in_process(files: Sequence[Path], out: Path, predictor: Any) -> dict[str, An
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     bad = [r for r in records if r["status"] != "processed"]
     assert not bad, bad[:1]
-    return {"wall_s": round(wall, 2), "files_per_s": round(len(files) / wall, 3),
-            "mean_file_ms": round(wall * 1000.0 / len(files), 1), "cpu_ms_per_file": round(cpu * 1000.0 / len(files), 1)}
+    return {
+        "wall_s": round(wall, 2),
+        "files_per_s": round(len(files) / wall, 3),
+        "mean_file_ms": round(wall * 1000.0 / len(files), 1),
+        "cpu_ms_per_file": round(cpu * 1000.0 / len(files), 1),
+    }
 
 
 def single_file_run(path: Path, out: Path, predictor: Any) -> Callable[[], Any]:
@@ -363,6 +424,7 @@ def single_file_run(path: Path, out: Path, predictor: Any) -> Callable[[], Any]:
 
     def run() -> Any:
         return process_file(path, out, predictor, job_id="single-baseline", include_document=True)
+
     run()
     return run
 
@@ -370,8 +432,13 @@ def single_file_run(path: Path, out: Path, predictor: Any) -> Callable[[], Any]:
 def cli_infer(folder: Path, out: Path, env: dict[str, str]) -> dict[str, float]:
     """``cxr infer`` as a user runs it: a fresh process, model load included."""
     t = time.perf_counter()
-    subprocess.run([str(BIN / "cxr"), "infer", str(folder), str(out), "--quiet"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(BIN / "cxr"), "infer", str(folder), str(out), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t
     return {"wall_s": round(wall, 2), "files_per_s": round(len(list(folder.glob("*.dcm"))) / wall, 3)}
 
@@ -392,8 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     folder = work / "in"
     write_phantoms(folder, args.files, seed=5150, size=args.size)
     files = sorted(folder.glob("*.dcm"))
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                               "files": args.files, "size": args.size}
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "files": args.files,
+        "size": args.size,
+    }
     results["cli_infer"] = cli_infer(folder, work / "cli-out", dict(os.environ))
     configure_tensorflow()
     results["in_process"] = in_process(files, work / "inproc-out", Predictor(read_bundle()))

@@ -30,9 +30,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 T = TypeVar("T")
 BATCH = 4
-FLOOR_STAGES = ("read", "decode", "pixel_pipeline", "provenance", "preprocess", "forward_gradcam",
-                "display_uint8", "source_png", "heatmap_overlay", "heatmap_png", "predictions_json",
-                "report_pdf")
+FLOOR_STAGES = (
+    "read",
+    "decode",
+    "pixel_pipeline",
+    "provenance",
+    "preprocess",
+    "forward_gradcam",
+    "display_uint8",
+    "source_png",
+    "heatmap_overlay",
+    "heatmap_png",
+    "predictions_json",
+    "report_pdf",
+)
 REFERENCE_STAGES = ("forward_only", f"forward_gradcam_batch{BATCH}_per_image", "publish")
 
 
@@ -92,25 +103,36 @@ def file_stages(path: Path, predictor: Any, out_dir: Path) -> dict[str, float]:
     t[f"forward_gradcam_batch{BATCH}_per_image"] = t.pop("forward_gradcam_batch") / BATCH
     display = _timed(t, "display_uint8", lambda: to_uint8_display(image.pixels))
     source_png = _timed(t, "source_png", lambda: encode_png(display))
-    overlay = _timed(t, "heatmap_overlay", lambda: render_heatmap_overlay(
-        display, analysis.heatmap, heatmap_label(analysis, predictor)))
+    overlay = _timed(
+        t,
+        "heatmap_overlay",
+        lambda: render_heatmap_overlay(display, analysis.heatmap, heatmap_label(analysis, predictor)),
+    )
     heatmap_png = _timed(t, "heatmap_png", lambda: encode_png(overlay))
     rank = publication_rank(image)
     timings: dict[str, float] = {}
 
     def document() -> Any:
-        doc = predictions_document(image, analysis, predictor, job_id="floor", layout="patient", rank=rank,
-                                   timings_ms=timings)
+        doc = predictions_document(
+            image, analysis, predictor, job_id="floor", layout="patient", rank=rank, timings_ms=timings
+        )
         return doc, dumps_predictions(doc)
 
     doc, json_bytes = _timed(t, "predictions_json", document)
     pdf = _timed(t, "report_pdf", lambda: render_report_pdf(doc, source_png, heatmap_png))
     parts = folder_parts_for(image, "patient")
     names = artifact_names(parts[0])
-    files = {names["predictions"]: json_bytes, names["heatmap"]: heatmap_png, names["source_image"]: source_png,
-             names["report"]: pdf}
-    _timed(t, "publish", lambda: publish_artifacts(out_dir, parts, files, job_id=f"floor-{path.name}", rank=rank,
-                                                    layout="patient"))
+    files = {
+        names["predictions"]: json_bytes,
+        names["heatmap"]: heatmap_png,
+        names["source_image"]: source_png,
+        names["report"]: pdf,
+    }
+    _timed(
+        t,
+        "publish",
+        lambda: publish_artifacts(out_dir, parts, files, job_id=f"floor-{path.name}", rank=rank, layout="patient"),
+    )
     t["floor"] = sum(t[s] for s in FLOOR_STAGES)
     # CPU time (all threads of this process): less disturbed than wall time when other
     # processes share the machine.
@@ -134,9 +156,11 @@ def floor(files: Sequence[Path], predictor: Any, out_dir: Path) -> dict[str, Any
     def summary(selected: list[dict[str, float]]) -> dict[str, Any]:
         if not selected:
             return {}
-        return {"files": len(selected),
-                "median_ms": {s: round(statistics.median(r[s] for r in selected), 1) for s in stages},
-                "mean_ms": {s: round(statistics.fmean(r[s] for r in selected), 1) for s in stages}}
+        return {
+            "files": len(selected),
+            "median_ms": {s: round(statistics.median(r[s] for r in selected), 1) for s in stages},
+            "mean_ms": {s: round(statistics.fmean(r[s] for r in selected), 1) for s in stages},
+        }
 
     result = summary([r for _, r in rows])
     result["files_per_s"] = round(1000.0 / result["mean_ms"]["floor"], 3)

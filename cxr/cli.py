@@ -31,8 +31,15 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     from demo.phantom_dicom import write_phantoms
 
     with tqdm(total=args.count, unit="file", disable=args.quiet) as bar:
-        records = write_phantoms(Path(args.out), args.count, seed=args.seed, size=args.size, start=args.start,
-                                 compression=args.compression, progress=bar.update)
+        records = write_phantoms(
+            Path(args.out),
+            args.count,
+            seed=args.seed,
+            size=args.size,
+            start=args.start,
+            compression=args.compression,
+            progress=bar.update,
+        )
     print(f"wrote {len(records)} synthetic DICOM files to {args.out} (index: {Path(args.out) / 'phantoms.json'})")
     return 0
 
@@ -42,8 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from demo.train import TrainConfig, main_summary, train
     from inference.bundle import DEFAULT_BUNDLE_DIR
 
-    cfg = TrainConfig(output=Path(args.output) if args.output else DEFAULT_BUNDLE_DIR, seed=args.seed,
-                      train_images=args.images, epochs=args.epochs, max_minutes=args.max_minutes)
+    cfg = TrainConfig(
+        output=Path(args.output) if args.output else DEFAULT_BUNDLE_DIR,
+        seed=args.seed,
+        train_images=args.images,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+    )
     manifest = train(cfg)
     print(main_summary(manifest))
     return 0
@@ -61,11 +73,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             shown = "    n/a" if value is None else f"{value:>7.3f}"
             print(f"{name:<20} {shown} {'' if point is None else f'{point:>9.3f}'}")
         print(f"{'mean AUROC':<20} {result['mean_auroc']:>7.3f}   (target >= {TARGETS['mean_auroc']})")
-        print(f"{'pointing accuracy':<20} {result['pointing_accuracy']:>7.3f}   "
-              f"(target >= {TARGETS['pointing_accuracy']}, {result['pointing_pairs']} lesions)")
+        print(
+            f"{'pointing accuracy':<20} {result['pointing_accuracy']:>7.3f}   "
+            f"(target >= {TARGETS['pointing_accuracy']}, {result['pointing_pairs']} lesions)"
+        )
     # Last line: one JSON object, as documented.
-    print(json.dumps({"auroc": result["auroc"], "mean_auroc": result["mean_auroc"],
-                      "pointing_accuracy": result["pointing_accuracy"]}))
+    print(
+        json.dumps(
+            {
+                "auroc": result["auroc"],
+                "mean_auroc": result["mean_auroc"],
+                "pointing_accuracy": result["pointing_accuracy"],
+            }
+        )
+    )
     return 0
 
 
@@ -103,8 +124,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout, options=options))
     summary = summarise(records, job_id=job_id, total=len(files))
     write_summary_file(summary_path(out, job_id), summary)
-    print(f"job {job_id}: {summary['total']} files, {summary['processed']} processed, "
-          f"{len(summary['skipped'])} skipped, {len(summary['superseded'])} superseded")
+    print(
+        f"job {job_id}: {summary['total']} files, {summary['processed']} processed, "
+        f"{len(summary['skipped'])} skipped, {len(summary['superseded'])} superseded"
+    )
     for skip in summary["skipped"]:
         print(f"  skipped {skip['path']}: {skip['reason']} ({skip['detail']})")
     for sup in summary["superseded"]:
@@ -200,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return int(args.func(args))
 
 

@@ -84,8 +84,14 @@ class Stack:
         Shutdown.defer = True  # not a blocked signal mask around Popen: the child would inherit it
         try:
             with open(log_path, "ab") as out:  # the child keeps its own descriptor
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
             self.children.append(Child(name, proc, log_path))
         finally:
             Shutdown.defer = False
@@ -167,8 +173,10 @@ def wait_until(what: str, check: Callable[[], bool], stack: Stack, timeout: floa
     deadline = time.monotonic() + timeout
     while not check():
         if (dead := stack.first_dead()) is not None:
-            raise StackError(f"{dead.name} exited (status {dead.proc.returncode}) while waiting for {what}; "
-                             f"last lines of {dead.log_path}:\n{tail(dead.log_path)}")
+            raise StackError(
+                f"{dead.name} exited (status {dead.proc.returncode}) while waiting for {what}; "
+                f"last lines of {dead.log_path}:\n{tail(dead.log_path)}"
+            )
         if time.monotonic() > deadline:
             raise StackError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.5)
@@ -184,12 +192,29 @@ def resolve_redis(state: Path, stack: Stack, env: dict[str, str]) -> str:
         return LOCAL_REDIS
     binary = shutil.which("redis-server")
     if binary is None:
-        raise StackError("no Redis: set REDIS_URL, run Redis on 127.0.0.1:6379, or install redis-server "
-                         "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)")
+        raise StackError(
+            "no Redis: set REDIS_URL, run Redis on 127.0.0.1:6379, or install redis-server "
+            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
+        )
     (state / "redis").mkdir(parents=True, exist_ok=True)
     port = free_port()
-    stack.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                          "--appendonly", "no", "--dir", str(state / "redis")], env)
+    stack.start(
+        "redis",
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(state / "redis"),
+        ],
+        env,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     wait_until("private Redis", lambda: redis_answers(url, timeout=1.0), stack, timeout=15.0)
     return url
@@ -224,8 +249,10 @@ def flower_auth(environ: Mapping[str, str]) -> str:
     for pair in value.split(","):
         user, _, password = pair.partition(":")
         if not user.strip() or len(password) < MIN_FLOWER_PASSWORD:
-            raise StackError("FLOWER_BASIC_AUTH must be user:password pairs, comma-separated, each password "
-                             f"{MIN_FLOWER_PASSWORD}+ characters; unset it to get a generated one")
+            raise StackError(
+                "FLOWER_BASIC_AUTH must be user:password pairs, comma-separated, each password "
+                f"{MIN_FLOWER_PASSWORD}+ characters; unset it to get a generated one"
+            )
     return value
 
 
@@ -233,8 +260,12 @@ def ensure_phantoms(folder: Path, size: int) -> None:
     if (folder / "phantoms.json").is_file():
         return
     log.info("writing 6 demo phantoms (%d px) to %s", size, folder)
-    done = subprocess.run([sys.executable, "-m", "cxr", "phantoms", str(folder), "--count", "6",
-                           "--size", str(size), "--quiet"], check=False, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "cxr", "phantoms", str(folder), "--count", "6", "--size", str(size), "--quiet"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise StackError(f"cxr phantoms failed:\n{done.stdout}{done.stderr}")
 
@@ -252,30 +283,49 @@ def issue_demo_token(env: dict[str, str]) -> str:
         raise StackError(f"cannot issue the demo token: {exc}") from None
 
 
-def banner(*, api: str, flower: str, auth: str, redis_url: str, private: bool, logs: Path,
-           secret_file: Path | None, token: str, demo_in: Path, demo_out: Path) -> str:
+def banner(
+    *,
+    api: str,
+    flower: str,
+    auth: str,
+    redis_url: str,
+    private: bool,
+    logs: Path,
+    secret_file: Path | None,
+    token: str,
+    demo_in: Path,
+    demo_out: Path,
+) -> str:
     """What the user needs, every command ready to paste (the test runs the curl line)."""
     user, _, password = auth.split(",")[0].partition(":")
-    shown = "from FLOWER_BASIC_AUTH" if os.environ.get("FLOWER_BASIC_AUTH", "").strip() else f"{password} (generated for this run)"
+    shown = (
+        "from FLOWER_BASIC_AUTH"
+        if os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+        else f"{password} (generated for this run)"
+    )
     cli = Path(sys.executable).parent / "cxr"
     cli_cmd = shlex.quote(str(cli)) if cli.exists() else f"{shlex.quote(sys.executable)} -m cxr"
     prefix = f"CXR_JWT_SECRET_FILE={shlex.quote(str(secret_file))} " if secret_file else ""
     body = json.dumps({"input_folder_path": str(demo_in), "output_folder_path": str(demo_out)})
     rule = "=" * 72
-    return "\n".join([
-        rule,
-        "CXR Engine is running. Ctrl-C stops everything it started.",
-        f"  API:     {api}",
-        f"  Flower:  {flower}  user {user}, password {shown}",
-        f"  Redis:   {redis_url}" + (" (private, stops with the stack)" if private else ""),
-        f"  Logs:    {logs}/{{api,worker,flower{',redis' if private else ''}}}.log",
-        f"  Token:   {prefix}REDIS_URL={shlex.quote(redis_url)} {cli_cmd} token issue --subject you",
-        f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
-        (f"curl -sS -X POST {api}/bulk_inference -H 'Content-Type: application/json' "
-         f"-H {shlex.quote('Authorization: ' + token)} -d {shlex.quote(body)}"),
-        "  The demo model is trained on synthetic images only: it is NOT FOR CLINICAL USE.",
-        rule,
-    ])
+    return "\n".join(
+        [
+            rule,
+            "CXR Engine is running. Ctrl-C stops everything it started.",
+            f"  API:     {api}",
+            f"  Flower:  {flower}  user {user}, password {shown}",
+            f"  Redis:   {redis_url}" + (" (private, stops with the stack)" if private else ""),
+            f"  Logs:    {logs}/{{api,worker,flower{',redis' if private else ''}}}.log",
+            f"  Token:   {prefix}REDIS_URL={shlex.quote(redis_url)} {cli_cmd} token issue --subject you",
+            f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
+            (
+                f"curl -sS -X POST {api}/bulk_inference -H 'Content-Type: application/json' "
+                f"-H {shlex.quote('Authorization: ' + token)} -d {shlex.quote(body)}"
+            ),
+            "  The demo model is trained on synthetic images only: it is NOT FOR CLINICAL USE.",
+            rule,
+        ]
+    )
 
 
 def run(var: Path, demo_size: int) -> int:
@@ -298,31 +348,74 @@ def run(var: Path, demo_size: int) -> int:
         ensure_phantoms(demo_in, demo_size)
 
         py = sys.executable
-        stack.start("worker", [py, "-m", "celery", "-A", "workers.app", "worker", "-Q", "inference,celery",
-                               "-c", os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)),
-                               "-n", "cxr-worker@%h", "--loglevel=INFO"], env)
-        stack.start("api", [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
-                    dict(env, CXR_HOST=host, CXR_PORT=str(api_port)))
+        stack.start(
+            "worker",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                "inference,celery",
+                "-c",
+                os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)),
+                "-n",
+                "cxr-worker@%h",
+                "--loglevel=INFO",
+            ],
+            env,
+        )
+        stack.start(
+            "api",
+            [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+            dict(env, CXR_HOST=host, CXR_PORT=str(api_port)),
+        )
         # The password reaches Flower as its own FLOWER_BASIC_AUTH setting, so `ps` never shows it.
-        stack.start("flower", [py, "-m", "celery", f"--broker={redis_url}", "flower", f"--port={flower_port}",
-                               f"--address={host}"], dict(env, FLOWER_BASIC_AUTH=auth))
+        stack.start(
+            "flower",
+            [py, "-m", "celery", f"--broker={redis_url}", "flower", f"--port={flower_port}", f"--address={host}"],
+            dict(env, FLOWER_BASIC_AUTH=auth),
+        )
 
         token = issue_demo_token(env)
         wait_until("API /ping", lambda: http_status(f"{api}/ping") == 200, stack)
-        wait_until("a worker (GET /health)", lambda: http_status(f"{api}/health", {"Authorization": token}) == 200,
-                   stack)
+        wait_until(
+            "a worker (GET /health)", lambda: http_status(f"{api}/health", {"Authorization": token}) == 200, stack
+        )
         wait_until("Flower /healthcheck", lambda: http_status(f"{flower}/healthcheck") == 200, stack)
-        if not any(demo_in.resolve().is_relative_to(os.path.realpath(r.strip()))
-                   for r in env["CXR_DATA_ROOTS"].split(os.pathsep) if r.strip()):
+        if not any(
+            demo_in.resolve().is_relative_to(os.path.realpath(r.strip()))
+            for r in env["CXR_DATA_ROOTS"].split(os.pathsep)
+            if r.strip()
+        ):
             log.warning("%s is outside CXR_DATA_ROOTS: the demo request below will be refused", demo_in)
-        print(banner(api=api, flower=flower, auth=auth, redis_url=redis_url, logs=logs,
-                     private=any(c.name == "redis" for c in stack.children), secret_file=secret_file, token=token, demo_in=demo_in, demo_out=demo_out),
-              flush=True)
+        print(
+            banner(
+                api=api,
+                flower=flower,
+                auth=auth,
+                redis_url=redis_url,
+                logs=logs,
+                private=any(c.name == "redis" for c in stack.children),
+                secret_file=secret_file,
+                token=token,
+                demo_in=demo_in,
+                demo_out=demo_out,
+            ),
+            flush=True,
+        )
 
         while (dead := stack.first_dead()) is None:
             time.sleep(0.5)
-        log.error("%s exited (status %s); stopping the rest. Last lines of %s:\n%s",
-                  dead.name, dead.proc.returncode, dead.log_path, tail(dead.log_path))
+        log.error(
+            "%s exited (status %s); stopping the rest. Last lines of %s:\n%s",
+            dead.name,
+            dead.proc.returncode,
+            dead.log_path,
+            tail(dead.log_path),
+        )
         return 1
     except Shutdown as exc:
         log.info("%s received: stopping", exc)
@@ -344,8 +437,11 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("--var", default=os.environ.get("CXR_VAR_DIR", "var"),
-                        help="folder for demo-input, demo-output and run/ (default: $CXR_VAR_DIR or var)")
+    parser.add_argument(
+        "--var",
+        default=os.environ.get("CXR_VAR_DIR", "var"),
+        help="folder for demo-input, demo-output and run/ (default: $CXR_VAR_DIR or var)",
+    )
     parser.add_argument("--demo-size", type=int, default=1024, help="demo phantom size in pixels (default 1024)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")

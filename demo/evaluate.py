@@ -30,8 +30,9 @@ from inference.predict import Predictor
 TARGETS = {"mean_auroc": 0.95, "min_auroc": 0.85, "pointing_accuracy": 0.8}
 
 
-def evaluate(bundle_dir: Path | None = None, *, count: int = 600, seed: int = 20261129,
-             batch_size: int = 32) -> dict[str, Any]:
+def evaluate(
+    bundle_dir: Path | None = None, *, count: int = 600, seed: int = 20261129, batch_size: int = 32
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     predictor = Predictor(read_bundle(bundle_dir))
     h, w = predictor.bundle.input_size
@@ -43,10 +44,9 @@ def evaluate(bundle_dir: Path | None = None, *, count: int = 600, seed: int = 20
     for start in range(0, count, batch_size):
         phantoms = [make_phantom(stream, i, size=render) for i in range(start, min(start + batch_size, count))]
         x = np.stack([predictor.preprocess(p.image) for p in phantoms])
-        probs[start:start + len(phantoms)] = predictor.predict_batch(x)
-        labels[start:start + len(phantoms)] = np.stack([p.labels for p in phantoms])
-        pairs = [(k, LABELS.index(name), name) for k, p in enumerate(phantoms)
-                 for name in p.boxes if name in hits]
+        probs[start : start + len(phantoms)] = predictor.predict_batch(x)
+        labels[start : start + len(phantoms)] = np.stack([p.labels for p in phantoms])
+        pairs = [(k, LABELS.index(name), name) for k, p in enumerate(phantoms) for name in p.boxes if name in hits]
         if not pairs:
             continue
         cams = predictor.gradcam_for(x[[k for k, _, _ in pairs]], np.array([i for _, i, _ in pairs]))

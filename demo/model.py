@@ -32,19 +32,19 @@ def build_demo_model(input_size: int = 224, n_labels: int = 11) -> Any:
     import keras
     from keras import layers
 
-    def block(x: Any, filters: int, name: str, strides: int = 1, dilation: int = 1,
-              separable: bool = False) -> Any:
+    def block(x: Any, filters: int, name: str, strides: int = 1, dilation: int = 1, separable: bool = False) -> Any:
         conv = layers.SeparableConv2D if separable else layers.Conv2D
-        x = conv(filters, 3, strides=strides, padding="same", dilation_rate=dilation, use_bias=False,
-                 name=f"{name}_conv")(x)
+        x = conv(
+            filters, 3, strides=strides, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv"
+        )(x)
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
         return layers.ReLU(name=name)(x)
 
     inputs = keras.Input((input_size, input_size, 1), name="image")
-    x = block(inputs, 16, "b1", strides=2)          # 1/2
-    x = block(x, 24, "b2", strides=2)               # 1/4
+    x = block(inputs, 16, "b1", strides=2)  # 1/2
+    x = block(x, 24, "b2", strides=2)  # 1/4
     x = block(x, 32, "b3")
-    x = layers.MaxPooling2D(name="p3")(x)           # 1/8
+    x = layers.MaxPooling2D(name="p3")(x)  # 1/8
     x = block(x, 48, "b4")
     x = block(x, 64, "b5")
     x = block(x, 96, "b6", separable=True)

@@ -33,8 +33,18 @@ from demo.phantoms import Phantom, make_phantom
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-NAMES = ("DOE^JANE", "SMITH^JOHN", "Иванов^Иван", "李^雷", "Müller^Jürgen", "Παπαδόπουλος^Νίκος",
-         "GARCÍA^JOSÉ", "佐藤^花子", "O'BRIEN^SEAN", "NGUYEN^VAN AN")
+NAMES = (
+    "DOE^JANE",
+    "SMITH^JOHN",
+    "Иванов^Иван",
+    "李^雷",
+    "Müller^Jürgen",
+    "Παπαδόπουλος^Νίκος",
+    "GARCÍA^JOSÉ",
+    "佐藤^花子",
+    "O'BRIEN^SEAN",
+    "NGUYEN^VAN AN",
+)
 BITS = (8, 10, 12, 14, 16)
 
 
@@ -60,8 +70,9 @@ class PhantomFileSpec:
         )
 
 
-def phantom_dataset(phantom: Phantom, *, seed: int, index: int, spec: PhantomFileSpec,
-                    patient_id: str | None = None) -> Dataset:
+def phantom_dataset(
+    phantom: Phantom, *, seed: int, index: int, spec: PhantomFileSpec, patient_id: str | None = None
+) -> Dataset:
     """A complete DICOM dataset (file meta included) holding ``phantom``."""
     bits = spec.bits_stored
     top = (1 << bits) - 1
@@ -90,7 +101,9 @@ def phantom_dataset(phantom: Phantom, *, seed: int, index: int, spec: PhantomFil
     rng = np.random.default_rng([seed, index, 7])
     date = dt.date(2026, 1, 1) + dt.timedelta(days=int(rng.integers(0, 300)))
     ds.StudyDate = ds.ContentDate = ds.AcquisitionDate = date.strftime("%Y%m%d")
-    ds.StudyTime = ds.ContentTime = ds.AcquisitionTime = f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}00"
+    ds.StudyTime = ds.ContentTime = ds.AcquisitionTime = (
+        f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}00"
+    )
     ds.Modality = spec.modality
     ds.Manufacturer = "CXR Engine synthetic phantom"
     ds.InstitutionName = "Synthetic"
@@ -125,8 +138,16 @@ def phantom_dataset(phantom: Phantom, *, seed: int, index: int, spec: PhantomFil
     return ds
 
 
-def write_phantoms(out_dir: Path, count: int, *, seed: int = 1000, size: int = 2048, start: int = 0,
-                   compression: str = "mixed", progress: Any = None) -> list[dict[str, Any]]:
+def write_phantoms(
+    out_dir: Path,
+    count: int,
+    *,
+    seed: int = 1000,
+    size: int = 2048,
+    start: int = 0,
+    compression: str = "mixed",
+    progress: Any = None,
+) -> list[dict[str, Any]]:
     """Write ``count`` phantom DICOM files and ``phantoms.json``; return the index records."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -136,23 +157,27 @@ def write_phantoms(out_dir: Path, count: int, *, seed: int = 1000, size: int = 2
         ds = phantom_dataset(phantom, seed=seed, index=index, spec=spec)
         name = f"phantom_{seed}_{index:05d}.dcm"
         ds.save_as(out_dir / name, enforce_file_format=True)
-        records.append({
-            "file": name,
-            "patient_id": str(ds.PatientID),
-            "sop_instance_uid": str(ds.SOPInstanceUID),
-            "findings": phantom.findings,
-            "boxes": {k: [round(v, 4) for v in box] for k, box in phantom.boxes.items()},
-            "modality": spec.modality,
-            "photometric": spec.photometric,
-            "bits_stored": spec.bits_stored,
-            "transfer_syntax": str(ds.file_meta.TransferSyntaxUID.name),
-        })
+        records.append(
+            {
+                "file": name,
+                "patient_id": str(ds.PatientID),
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "findings": phantom.findings,
+                "boxes": {k: [round(v, 4) for v in box] for k, box in phantom.boxes.items()},
+                "modality": spec.modality,
+                "photometric": spec.photometric,
+                "bits_stored": spec.bits_stored,
+                "transfer_syntax": str(ds.file_meta.TransferSyntaxUID.name),
+            }
+        )
         if progress is not None:
             progress(1)
     index_path = out_dir / "phantoms.json"
     existing = json.loads(index_path.read_text()) if index_path.exists() else []
     by_file = {r["file"]: r for r in existing}
     by_file.update({r["file"]: r for r in records})
-    index_path.write_text(json.dumps(sorted(by_file.values(), key=lambda r: r["file"]), indent=1,
-                                     ensure_ascii=False) + "\n", encoding="utf-8")
+    index_path.write_text(
+        json.dumps(sorted(by_file.values(), key=lambda r: r["file"]), indent=1, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     return records

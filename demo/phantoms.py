@@ -127,8 +127,9 @@ def _lung_masks(c: _Canvas, a: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return masks[0], masks[1]
 
 
-def _sample_in(mask: np.ndarray, rng: np.random.Generator, y_range: tuple[float, float] = (0, 1),
-               margin: float = 0.0) -> tuple[float, float]:
+def _sample_in(
+    mask: np.ndarray, rng: np.random.Generator, y_range: tuple[float, float] = (0, 1), margin: float = 0.0
+) -> tuple[float, float]:
     """A random point inside ``mask`` (optionally eroded by ``margin``) within y_range."""
     size = mask.shape[0]
     m = mask
@@ -152,8 +153,12 @@ def _box(cx: float, cy: float, rx: float, ry: float) -> Box:
 def _mask_box(mask: np.ndarray, pad: float = 0.01) -> Box:
     ys, xs = np.nonzero(mask)
     n = mask.shape[0]
-    return (max(xs.min() / n - pad, 0.0), max(ys.min() / n - pad, 0.0),
-            min((xs.max() + 1) / n + pad, 1.0), min((ys.max() + 1) / n + pad, 1.0))
+    return (
+        max(xs.min() / n - pad, 0.0),
+        max(ys.min() / n - pad, 0.0),
+        min((xs.max() + 1) / n + pad, 1.0),
+        min((ys.max() + 1) / n + pad, 1.0),
+    )
 
 
 def _vessels(c: _Canvas, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
@@ -171,8 +176,9 @@ def _vessels(c: _Canvas, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
                 cv2.line(img, c.pt(x, y), c.pt(nx, ny), 0.10 * (1 - step / 6), c.thickness(w))
                 x, y, w = nx, ny, w * 0.8
                 ang += rng.uniform(-0.3, 0.3)
-    texture = cv2.resize(rng.standard_normal((24, 24)).astype(np.float32), (c.size, c.size),
-                         interpolation=cv2.INTER_CUBIC)
+    texture = cv2.resize(
+        rng.standard_normal((24, 24)).astype(np.float32), (c.size, c.size), interpolation=cv2.INTER_CUBIC
+    )
     return c.blur(img, 0.002) + 0.015 * texture
 
 
@@ -197,8 +203,9 @@ def _ribs(c: _Canvas, a: _Anatomy) -> np.ndarray:
     return c.blur(img, 0.003)
 
 
-def _anatomy(c: _Canvas, a: _Anatomy, cardiomegaly: bool, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box]:
+def _anatomy(
+    c: _Canvas, a: _Anatomy, cardiomegaly: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box]:
     img = np.full((c.size, c.size), 0.04, np.float32)
     body = c.ellipse(a.cx, 0.55, 0.45 * a.scale, 0.56 * a.scale)
     img[body] = 0.44
@@ -225,8 +232,15 @@ def _anatomy(c: _Canvas, a: _Anatomy, cardiomegaly: bool, rng: np.random.Generat
     return img, lung_r, lung_l, _box(hx, hy, hrx, hry)
 
 
-def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: tuple[np.ndarray, np.ndarray],
-                    markings: np.ndarray, rng: np.random.Generator) -> Box | None:
+def _draw_condition(
+    name: str,
+    img: np.ndarray,
+    c: _Canvas,
+    a: _Anatomy,
+    lungs: tuple[np.ndarray, np.ndarray],
+    markings: np.ndarray,
+    rng: np.random.Generator,
+) -> Box | None:
     side = int(rng.integers(2))
     lung = lungs[side]
     lx, ly, lrx, lry = a.lung_r if side == 0 else a.lung_l
@@ -280,8 +294,9 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
     if name == "Pleural Effusion":
         level = bottom - rng.uniform(0.10, 0.15)
         lateral = np.abs(c.x - lx) / lrx
-        meniscus = level - 0.07 * np.clip(lateral, 0, 1.2) ** 2 * np.sign(
-            (c.x - lx) * (1 if side == 1 else -1)).clip(0, 1)
+        meniscus = level - 0.07 * np.clip(lateral, 0, 1.2) ** 2 * np.sign((c.x - lx) * (1 if side == 1 else -1)).clip(
+            0, 1
+        )
         fluid = lung & (c.y > meniscus)
         img[fluid] = np.maximum(img[fluid], 0.47) if fluid.any() else img[fluid]
         markings[fluid] *= 0.2
@@ -296,8 +311,16 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         markings[crescent] = 0.0
         img[crescent] -= 0.07
         line = c.blank()
-        cv2.ellipse(line, c.pt(lx - outward * depth, ly + 0.02),
-                    (c.px(lrx - depth), c.px(lry - depth * 1.2)), 0, 180, 360, 1.0, c.thickness(0.004))
+        cv2.ellipse(
+            line,
+            c.pt(lx - outward * depth, ly + 0.02),
+            (c.px(lrx - depth), c.px(lry - depth * 1.2)),
+            0,
+            180,
+            360,
+            1.0,
+            c.thickness(0.004),
+        )
         img += 0.22 * c.blur(line, 0.0015) * (crescent | lung) * (c.y < ly + lry * 0.55)
         return _mask_box(crescent)
     if name == "Pleural Thickening":
@@ -308,8 +331,12 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
         else:  # lateral wall band
             shrink = rng.uniform(0.02, 0.03)
             outward = -1 if side == 0 else 1
-            mask = lung & ~c.ellipse(lx - outward * shrink, ly, lrx - shrink * 0.6, lry + 0.2) & \
-                (c.y > ly - lry * 0.5) & (c.y < ly + lry * 0.45)
+            mask = (
+                lung
+                & ~c.ellipse(lx - outward * shrink, ly, lrx - shrink * 0.6, lry + 0.2)
+                & (c.y > ly - lry * 0.5)
+                & (c.y < ly + lry * 0.45)
+            )
         if not mask.any():
             return None
         img += 0.30 * c.blur(mask.astype(np.float32), 0.003)
@@ -321,8 +348,7 @@ def _draw_condition(name: str, img: np.ndarray, c: _Canvas, a: _Anatomy, lungs: 
                 x, y = _sample_in(lm, rng, (fy + 0.02, fy + fry - 0.04))
                 ang = rng.uniform(0, math.pi)
                 d = rng.uniform(0.015, 0.03)
-                cv2.line(net, c.pt(x, y), c.pt(x + math.cos(ang) * d, y + math.sin(ang) * d), 1.0,
-                         c.thickness(0.003))
+                cv2.line(net, c.pt(x, y), c.pt(x + math.cos(ang) * d, y + math.sin(ang) * d), 1.0, c.thickness(0.003))
         img += 0.16 * c.blur(net, 0.0015) * (lungs[0] | lungs[1])
         return None
     if name == "Infiltration":

@@ -69,8 +69,7 @@ RENDER_OVERSAMPLE = 2
 MAP_STRIDE = 8
 
 
-def box_masks(boxes: dict[str, tuple[float, float, float, float]], labels: np.ndarray,
-              grid: int) -> np.ndarray:
+def box_masks(boxes: dict[str, tuple[float, float, float, float]], labels: np.ndarray, grid: int) -> np.ndarray:
     """Supervision of the class maps, (grid, grid, 2 * n_labels) uint8.
 
     Channels ``[:n]`` mark the cells whose centres lie inside the box of a present,
@@ -87,8 +86,12 @@ def box_masks(boxes: dict[str, tuple[float, float, float, float]], labels: np.nd
             out[:, :, n + k] = 1
         elif name in boxes:
             x0, y0, x1, y1 = boxes[name]
-            inside = (centres[:, None] >= y0) & (centres[:, None] <= y1) & \
-                (centres[None, :] >= x0) & (centres[None, :] <= x1)
+            inside = (
+                (centres[:, None] >= y0)
+                & (centres[:, None] <= y1)
+                & (centres[None, :] >= x0)
+                & (centres[None, :] <= x1)
+            )
             inside[min(int((y0 + y1) / 2 * grid), grid - 1), min(int((x0 + x1) / 2 * grid), grid - 1)] = True
             out[:, :, k] = inside
     return out
@@ -102,8 +105,7 @@ def _render(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), p.labels, masks
 
 
-def render_set(seed: int, count: int, size: int, workers: int = 1
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_set(seed: int, count: int, size: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``count`` phantoms of stream ``seed``: uint8 images (n, size, size), labels, map masks."""
     jobs = [(seed, i, size) for i in range(count)]
     if workers > 1:
@@ -127,8 +129,7 @@ def map_loss(y_true: Any, y_pred: Any) -> Any:
     return pos + neg
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, masks: np.ndarray, batch: int, seed: int,
-             train: bool) -> Any:
+def _dataset(images: np.ndarray, labels: np.ndarray, masks: np.ndarray, batch: int, seed: int, train: bool) -> Any:
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels, masks))
@@ -149,9 +150,9 @@ def _dataset(images: np.ndarray, labels: np.ndarray, masks: np.ndarray, batch: i
         oy = tf.random.uniform((), 0, 3, tf.int32)
         ox = tf.random.uniform((), 0, 3, tf.int32)
         x = tf.pad(x, [[MAP_STRIDE, MAP_STRIDE], [MAP_STRIDE, MAP_STRIDE], [0, 0]])
-        x = x[oy * MAP_STRIDE:oy * MAP_STRIDE + size, ox * MAP_STRIDE:ox * MAP_STRIDE + size]
+        x = x[oy * MAP_STRIDE : oy * MAP_STRIDE + size, ox * MAP_STRIDE : ox * MAP_STRIDE + size]
         mask = tf.pad(mask, [[1, 1], [1, 1], [0, 0]])
-        mask = mask[oy:oy + grid, ox:ox + grid]
+        mask = mask[oy : oy + grid, ox : ox + grid]
         return tf.clip_by_value(x, 0.0, 1.0), lab, mask
 
     ds = ds.map(prep, num_parallel_calls=2)
@@ -171,25 +172,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     tf_info = configure_tensorflow(deterministic=False)
-    log.info("rendering %d training and %d validation phantoms at %d px", cfg.train_images, cfg.val_images,
-             cfg.input_size)
-    x_train, y_train, m_train = render_set(cfg.seed + TRAIN_SEED_OFFSET, cfg.train_images, cfg.input_size,
-                                           cfg.workers)
-    x_val, y_val, m_val = render_set(cfg.seed + VALIDATION_SEED_OFFSET, cfg.val_images, cfg.input_size,
-                                     cfg.workers)
+    log.info(
+        "rendering %d training and %d validation phantoms at %d px", cfg.train_images, cfg.val_images, cfg.input_size
+    )
+    x_train, y_train, m_train = render_set(cfg.seed + TRAIN_SEED_OFFSET, cfg.train_images, cfg.input_size, cfg.workers)
+    x_val, y_val, m_val = render_set(cfg.seed + VALIDATION_SEED_OFFSET, cfg.val_images, cfg.input_size, cfg.workers)
     t_data = time.perf_counter() - t0
 
     model = build_demo_model(cfg.input_size, len(LABELS))
     # Training sees the class maps too (box supervision); the bundle keeps the
     # inference model alone, which shares every weight with this one.
-    trainer = keras.Model(model.inputs, {"probabilities": model.output,
-                                         "class_maps": model.get_layer("class_maps").output})
+    trainer = keras.Model(
+        model.inputs, {"probabilities": model.output, "class_maps": model.get_layer("class_maps").output}
+    )
     steps = cfg.epochs * int(np.ceil(cfg.train_images / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps, alpha=0.02)
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule),
-                    loss={"probabilities": keras.losses.BinaryCrossentropy(), "class_maps": map_loss},
-                    loss_weights={"probabilities": 1.0, "class_maps": cfg.map_loss_weight},
-                    metrics={"probabilities": [keras.metrics.AUC(multi_label=True, name="auc")]})
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss={"probabilities": keras.losses.BinaryCrossentropy(), "class_maps": map_loss},
+        loss_weights={"probabilities": 1.0, "class_maps": cfg.map_loss_weight},
+        metrics={"probabilities": [keras.metrics.AUC(multi_label=True, name="auc")]},
+    )
     deadline = t0 + cfg.max_minutes * 60.0
 
     class Deadline(keras.callbacks.Callback):
@@ -204,7 +207,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     history = trainer.fit(
         _dataset(x_train, y_train, m_train, cfg.batch_size, cfg.seed, train=True),
         validation_data=_dataset(x_val, y_val, m_val, 64, cfg.seed, train=False),
-        epochs=cfg.epochs, callbacks=[stopper], verbose=2, shuffle=False,
+        epochs=cfg.epochs,
+        callbacks=[stopper],
+        verbose=2,
+        shuffle=False,
     )
     t_fit = time.perf_counter() - t0 - t_data
 
@@ -228,9 +234,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "thresholds": thresholds,
         "input_size": [cfg.input_size, cfg.input_size],
         "channels": 1,
-        "normalization": {"mean": 0.0, "std": 1.0,
-                          "input": "display-polarity image in [0, 1] (air dark), resized without "
-                                   "keeping aspect (INTER_AREA)"},
+        "normalization": {
+            "mean": 0.0,
+            "std": 1.0,
+            "input": "display-polarity image in [0, 1] (air dark), resized without keeping aspect (INTER_AREA)",
+        },
         "gradcam_layer": "cam_features",
         "logits_layer": "logits",
         "weights_file": "model.keras",
@@ -250,8 +258,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "validation_auroc": val_auroc,
             "threshold_rule": "max F1 on validation (middle of the optimal range), clipped to [0.2, 0.8]",
             "localization": "class maps supervised with the phantoms' lesion boxes (weight "
-                            f"{cfg.map_loss_weight}): high inside boxes of present localized findings, "
-                            "low everywhere for absent findings",
+            f"{cfg.map_loss_weight}): high inside boxes of present localized findings, "
+            "low everywhere for absent findings",
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "tensorflow": tf.__version__,
             "threads": tf_info.get("threads"),
@@ -263,5 +271,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def main_summary(manifest: dict[str, Any]) -> str:
-    return json.dumps({"name": manifest["name"], "version": manifest["version"],
-                       "training": manifest["training"]}, indent=2)
+    return json.dumps(
+        {"name": manifest["name"], "version": manifest["version"], "training": manifest["training"]}, indent=2
+    )

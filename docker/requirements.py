@@ -44,11 +44,15 @@ def dependencies(pyproject: Path, *, without_tensorflow: bool = False) -> list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
-    parser.add_argument("--without-tensorflow", action="store_true",
-                        help="leave out every TensorFlow distribution (the GPU image installs its own)")
+    parser.add_argument(
+        "--without-tensorflow",
+        action="store_true",
+        help="leave out every TensorFlow distribution (the GPU image installs its own)",
+    )
     args = parser.parse_args(argv)
-    sys.stdout.write("".join(f"{d}\n" for d in dependencies(args.pyproject,
-                                                            without_tensorflow=args.without_tensorflow)))
+    sys.stdout.write(
+        "".join(f"{d}\n" for d in dependencies(args.pyproject, without_tensorflow=args.without_tensorflow))
+    )
     return 0
 
 

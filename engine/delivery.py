@@ -38,12 +38,17 @@ class Delivery:
 
 
 def worker_lost_record(path: str, deaths: int) -> dict[str, Any]:
-    return {"path": path, "status": "skipped", "reason": "worker_lost",
-            "detail": f"the worker process died {deaths} times while processing this file; given up"}
+    return {
+        "path": path,
+        "status": "skipped",
+        "reason": "worker_lost",
+        "detail": f"the worker process died {deaths} times while processing this file; given up",
+    }
 
 
-def decide_delivery(store: JobStore, job_id: str, index: int, *, path: str, retries: int,
-                    max_deliveries: int, worker: str | None = None) -> Delivery:
+def decide_delivery(
+    store: JobStore, job_id: str, index: int, *, path: str, retries: int, max_deliveries: int, worker: str | None = None
+) -> Delivery:
     """Count this delivery of file ``index`` and say what to do with it.
 
     On ``give_up`` the ``worker_lost`` record is already stored in the job.

@@ -129,8 +129,7 @@ def discover_inputs(folder: Path, roots: Sequence[Path]) -> Discovery:
     return found
 
 
-def _classify(entry: os.DirEntry[str], roots: Sequence[Path], take_file: _TakeFile,
-              refuse: _Refuse) -> Iterator[str]:
+def _classify(entry: os.DirEntry[str], roots: Sequence[Path], take_file: _TakeFile, refuse: _Refuse) -> Iterator[str]:
     """Yield the folder to enter for ``entry`` (if any); hand files and refusals on."""
     name = entry.name
     is_link = entry.is_symlink()
@@ -148,8 +147,10 @@ def _classify(entry: os.DirEntry[str], roots: Sequence[Path], take_file: _TakeFi
         return
     if not within_roots(target, roots):
         kind = "folder" if is_dir else "file"
-        refuse(entry.path, OutsideDataRoots(
-            f"symbolic link to a {kind} outside the data roots (CXR_DATA_ROOTS): not followed"))
+        refuse(
+            entry.path,
+            OutsideDataRoots(f"symbolic link to a {kind} outside the data roots (CXR_DATA_ROOTS): not followed"),
+        )
         return
     if is_dir:
         yield str(target)
@@ -158,8 +159,13 @@ def _classify(entry: os.DirEntry[str], roots: Sequence[Path], take_file: _TakeFi
 
 
 def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+    for test, kind in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ):
         if test(mode):
             return kind
     return "special file"

@@ -132,9 +132,14 @@ class JobProgress:
         """The ``Data`` of ``GET /jobs/<id>``: the summary once finished, else progress."""
         if self.summary is not None:
             return self.summary
-        return {"job_id": self.job_id, "status": self.status, "total": self.total,
-                "processed": self.processed, "skipped_count": self.skipped,
-                "done": self.processed + self.skipped}
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "total": self.total,
+            "processed": self.processed,
+            "skipped_count": self.skipped,
+            "done": self.processed + self.skipped,
+        }
 
 
 class JobStore:
@@ -155,8 +160,11 @@ class JobStore:
         kwargs.setdefault("health_check_interval", 30)
         kwargs.setdefault("decode_responses", True)
         client = redis.Redis.from_url(
-            url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError], **kwargs)
+            url,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            **kwargs,
+        )
         return cls(client, ttl_s)
 
     def create(self, job_id: str, *, paths: Sequence[str], input_path: str, output_path: str, layout: str) -> None:
@@ -164,11 +172,21 @@ class JobStore:
         paths_key = PATHS_KEY.format(job_id=job_id)
         pipe = self.client.pipeline()
         for start in range(0, len(paths), 1000):
-            pipe.rpush(paths_key, *paths[start:start + 1000])
+            pipe.rpush(paths_key, *paths[start : start + 1000])
         pipe.expire(paths_key, self.ttl_s)
-        pipe.hset(key, mapping={"status": "queued", "total": len(paths), "processed": 0, "skipped": 0,
-                                "input": input_path, "output": output_path, "layout": layout,
-                                "created_at": f"{time.time():.3f}"})
+        pipe.hset(
+            key,
+            mapping={
+                "status": "queued",
+                "total": len(paths),
+                "processed": 0,
+                "skipped": 0,
+                "input": input_path,
+                "output": output_path,
+                "layout": layout,
+                "created_at": f"{time.time():.3f}",
+            },
+        )
         pipe.expire(key, self.ttl_s)
         pipe.sadd(ACTIVE_KEY, job_id)
         pipe.execute()
@@ -183,9 +201,9 @@ class JobStore:
     def begin_file(self, job_id: str, index: int) -> FileStart:
         """Called when a worker starts a file's task: count the delivery, or say why not to."""
         state, starts, record = self._begin_file(
-            keys=[JOB_KEY.format(job_id=job_id), FILES_KEY.format(job_id=job_id),
-                  STARTS_KEY.format(job_id=job_id)],
-            args=[index, self.ttl_s])
+            keys=[JOB_KEY.format(job_id=job_id), FILES_KEY.format(job_id=job_id), STARTS_KEY.format(job_id=job_id)],
+            args=[index, self.ttl_s],
+        )
         return FileStart(str(state), int(starts), json.loads(record) if record else None)
 
     def record_file(self, job_id: str, index: int, record: Mapping[str, Any]) -> bool | None:
@@ -193,8 +211,7 @@ class JobStore:
         it was recorded before, None when the job is finished or its record gone."""
         added = self._record_file(
             keys=[JOB_KEY.format(job_id=job_id), FILES_KEY.format(job_id=job_id)],
-            args=[index, json.dumps(record, ensure_ascii=False), record["status"], self.ttl_s,
-                  f"{time.time():.3f}"],
+            args=[index, json.dumps(record, ensure_ascii=False), record["status"], self.ttl_s, f"{time.time():.3f}"],
         )
         return None if int(added) < 0 else bool(added)
 
@@ -204,10 +221,18 @@ class JobStore:
         and do nothing, so no file is processed behind the summary's back."""
         paths = self.job_paths(job_id)
         records = self.file_records(job_id)  # files refused at discovery keep their own reason
-        skipped = [{"path": p, "status": "skipped", **({"reason": records[i].get("reason", "lost"),
-                                                         "detail": records[i].get("detail", reason)}
-                                                        if i in records else {"reason": "lost", "detail": reason})}
-                   for i, p in enumerate(paths)]
+        skipped = [
+            {
+                "path": p,
+                "status": "skipped",
+                **(
+                    {"reason": records[i].get("reason", "lost"), "detail": records[i].get("detail", reason)}
+                    if i in records
+                    else {"reason": "lost", "detail": reason}
+                ),
+            }
+            for i, p in enumerate(paths)
+        ]
         self.finish(job_id, failed_summary(skipped, job_id=job_id, total=len(paths), failure=reason))
 
     def active_jobs(self) -> list[str]:
@@ -235,22 +260,33 @@ class JobStore:
     def finish(self, job_id: str, summary: Mapping[str, Any]) -> None:
         key = JOB_KEY.format(job_id=job_id)
         pipe = self.client.pipeline()
-        pipe.hset(key, mapping={"status": summary["status"], "finished_at": f"{time.time():.3f}",
-                                "summary": json.dumps(summary, ensure_ascii=False)})
+        pipe.hset(
+            key,
+            mapping={
+                "status": summary["status"],
+                "finished_at": f"{time.time():.3f}",
+                "summary": json.dumps(summary, ensure_ascii=False),
+            },
+        )
         pipe.expire(key, self.ttl_s)
         # The per-file records live on in the summary; drop the hash now.
-        pipe.delete(FILES_KEY.format(job_id=job_id), PATHS_KEY.format(job_id=job_id),
-                    STARTS_KEY.format(job_id=job_id))
+        pipe.delete(FILES_KEY.format(job_id=job_id), PATHS_KEY.format(job_id=job_id), STARTS_KEY.format(job_id=job_id))
         pipe.hdel(key, "stalled_seen_at")
         pipe.srem(ACTIVE_KEY, job_id)
         pipe.execute()
 
     def progress(self, job_id: str) -> JobProgress | None:
-        fields = self.client.hmget(JOB_KEY.format(job_id=job_id),
-                                   ["status", "total", "processed", "skipped", "summary"])
+        fields = self.client.hmget(
+            JOB_KEY.format(job_id=job_id), ["status", "total", "processed", "skipped", "summary"]
+        )
         if fields[0] is None:
             return None
         status, total, processed, skipped, summary = fields
-        return JobProgress(job_id=job_id, status=str(status), total=int(total or 0),
-                           processed=int(processed or 0), skipped=int(skipped or 0),
-                           summary=json.loads(summary) if summary else None)
+        return JobProgress(
+            job_id=job_id,
+            status=str(status),
+            total=int(total or 0),
+            processed=int(processed or 0),
+            skipped=int(skipped or 0),
+            summary=json.loads(summary) if summary else None,
+        )

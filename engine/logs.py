@@ -60,8 +60,15 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 class RedactingFormatter(logging.Formatter):
     """Formats like ``inner`` (or like a plain Formatter with the given format), then redacts."""
 
-    def __init__(self, fmt: str | None = None, datefmt: str | None = None, *,
-                 inner: logging.Formatter | None = None, secrets: Iterable[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        *,
+        inner: logging.Formatter | None = None,
+        secrets: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(fmt, datefmt, **kwargs)
         self.inner = inner
         self.secrets = list(secrets) if secrets is not None else secrets_from_env()
@@ -76,8 +83,7 @@ def redact_handlers(logger: logging.Logger) -> None:
     secrets = secrets_from_env()
     for handler in logger.handlers:
         if not isinstance(handler.formatter, RedactingFormatter):
-            handler.setFormatter(RedactingFormatter(inner=handler.formatter or logging.Formatter(),
-                                                    secrets=secrets))
+            handler.setFormatter(RedactingFormatter(inner=handler.formatter or logging.Formatter(), secrets=secrets))
 
 
 class OmitTaskResults(logging.Filter):

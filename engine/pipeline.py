@@ -78,8 +78,15 @@ def folder_parts_for(image: DicomImage, layout: str) -> list[str]:
     return [patient_folder]
 
 
-def render_artifacts(image: DicomImage, analysis: Analysis, predictor: Predictor, *, job_id: str,
-                     layout: str, timings_ms: dict[str, float]) -> Artifacts:
+def render_artifacts(
+    image: DicomImage,
+    analysis: Analysis,
+    predictor: Predictor,
+    *,
+    job_id: str,
+    layout: str,
+    timings_ms: dict[str, float],
+) -> Artifacts:
     """Findings, JSON, PNGs and PDF for one analysed image (decode once, encode once).
 
     The 8-bit display image is made once and feeds both PNGs; the PDF embeds those
@@ -95,8 +102,9 @@ def render_artifacts(image: DicomImage, analysis: Analysis, predictor: Predictor
     heatmap_png = encode_png(render_heatmap_overlay(display, analysis.heatmap, heatmap_label(analysis, predictor)))
     timings_ms["heatmap_png"] = _ms(t)
     t = time.perf_counter()
-    doc = predictions_document(image, analysis, predictor, job_id=job_id, layout=layout, rank=rank,
-                               timings_ms=timings_ms)
+    doc = predictions_document(
+        image, analysis, predictor, job_id=job_id, layout=layout, rank=rank, timings_ms=timings_ms
+    )
     pdf = render_report_pdf(doc, source_png, heatmap_png)
     timings_ms["report_pdf"] = _ms(t)
     # The JSON is serialised last so it carries every stage's time but its own
@@ -106,8 +114,12 @@ def render_artifacts(image: DicomImage, analysis: Analysis, predictor: Predictor
     t = time.perf_counter()
     json_bytes = dumps_predictions(doc)
     timings_ms["predictions_json"] = _ms(t)
-    files = {names["predictions"]: json_bytes, names["heatmap"]: heatmap_png,
-             names["source_image"]: source_png, names["report"]: pdf}
+    files = {
+        names["predictions"]: json_bytes,
+        names["heatmap"]: heatmap_png,
+        names["source_image"]: source_png,
+        names["report"]: pdf,
+    }
     return Artifacts(doc, files, names, parts, rank, timings_ms)
 
 
@@ -117,26 +129,50 @@ def heatmap_label(analysis: Analysis, predictor: Predictor) -> str:
     return heatmap_caption(predictor.bundle.labels[index], float(analysis.probabilities[index]))
 
 
-def predictions_document(image: DicomImage, analysis: Analysis, predictor: Predictor, *, job_id: str,
-                         layout: str, rank: list[str], timings_ms: dict[str, float]) -> dict[str, Any]:
+def predictions_document(
+    image: DicomImage,
+    analysis: Analysis,
+    predictor: Predictor,
+    *,
+    job_id: str,
+    layout: str,
+    rank: list[str],
+    timings_ms: dict[str, float],
+) -> dict[str, Any]:
     """The predictions document (JSON content, and what the PDF shows) for one image."""
     bundle = predictor.bundle
     findings = build_findings(bundle.labels, analysis.probabilities, bundle.thresholds)
     heat_label = bundle.labels[analysis.heatmap_index]
-    heatmap_info = {"method": HEATMAP_METHOD, "finding": heat_label,
-                    "confidence": round(float(analysis.probabilities[analysis.heatmap_index]), 4),
-                    "layer": bundle.gradcam_layer, "grid": list(analysis.heatmap.shape),
-                    "rule": "highest-confidence present finding, else highest-confidence finding"}
+    heatmap_info = {
+        "method": HEATMAP_METHOD,
+        "finding": heat_label,
+        "confidence": round(float(analysis.probabilities[analysis.heatmap_index]), 4),
+        "layer": bundle.gradcam_layer,
+        "grid": list(analysis.heatmap.shape),
+        "rule": "highest-confidence present finding, else highest-confidence finding",
+    }
     return build_predictions_document(
-        patient=image.patient, findings=findings, model=bundle.identity(), thresholds=bundle.thresholds,
-        heatmap=heatmap_info, provenance=image.provenance, timings_ms=timings_ms,
+        patient=image.patient,
+        findings=findings,
+        model=bundle.identity(),
+        thresholds=bundle.thresholds,
+        heatmap=heatmap_info,
+        provenance=image.provenance,
+        timings_ms=timings_ms,
         publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins within a job"},
         source_path=image.path,
     )
 
 
-def analyse_file(path: Path, predictor: Predictor, *, job_id: str, layout: str = "patient",
-                 options: ReadOptions | None = None, patient_id_override: str | None = None) -> Artifacts:
+def analyse_file(
+    path: Path,
+    predictor: Predictor,
+    *,
+    job_id: str,
+    layout: str = "patient",
+    options: ReadOptions | None = None,
+    patient_id_override: str | None = None,
+) -> Artifacts:
     """Read, predict and render one file. Raises :class:`CxrError` for a file it refuses."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -153,9 +189,17 @@ def analyse_file(path: Path, predictor: Predictor, *, job_id: str, layout: str =
     return render_artifacts(image, analysis, predictor, job_id=job_id, layout=layout, timings_ms=timings)
 
 
-def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id: str, layout: str = "patient",
-                 options: ReadOptions | None = None, patient_id_override: str | None = None,
-                 include_document: bool = False) -> dict[str, Any]:
+def process_file(
+    path: Path,
+    output_root: Path,
+    predictor: Predictor,
+    *,
+    job_id: str,
+    layout: str = "patient",
+    options: ReadOptions | None = None,
+    patient_id_override: str | None = None,
+    include_document: bool = False,
+) -> dict[str, Any]:
     """Analyse and publish one file; return its file record (never raises for file problems).
 
     ``OSError`` while publishing (disk full, read-only, permissions) becomes a skip with
@@ -166,11 +210,13 @@ def process_file(path: Path, output_root: Path, predictor: Predictor, *, job_id:
     start = time.perf_counter()
     record: dict[str, Any] = {"path": str(path), "status": "skipped", "reason": None, "detail": None}
     try:
-        art = analyse_file(path, predictor, job_id=job_id, layout=layout, options=options,
-                           patient_id_override=patient_id_override)
+        art = analyse_file(
+            path, predictor, job_id=job_id, layout=layout, options=options, patient_id_override=patient_id_override
+        )
         t = time.perf_counter()
-        outcome = publish_artifacts(output_root, art.folder_parts, art.files, job_id=job_id, rank=art.rank,
-                                    layout=layout)
+        outcome = publish_artifacts(
+            output_root, art.folder_parts, art.files, job_id=job_id, rank=art.rank, layout=layout
+        )
         art.timings_ms["publish"] = _ms(t)
     except CxrError as exc:
         record.update(reason=exc.reason, detail=exc.detail)

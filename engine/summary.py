@@ -34,7 +34,8 @@ def summarise(records: Iterable[dict[str, Any]], *, job_id: str, total: int) -> 
             winners[r["folder"]] = r
     superseded = [
         {"path": r["path"], "folder": r["folder"], "kept": winners[r["folder"]]["path"]}
-        for r in processed if winners[r["folder"]] is not r
+        for r in processed
+        if winners[r["folder"]] is not r
     ]
     timings = [r["timings_ms"]["total"] for r in processed if "timings_ms" in r]
     return {
@@ -42,8 +43,11 @@ def summarise(records: Iterable[dict[str, Any]], *, job_id: str, total: int) -> 
         "status": "completed",
         "total": total,
         "processed": len(processed),
-        "skipped": [{"path": r["path"], "reason": r["reason"], "detail": r["detail"]}
-                    for r in records if r["status"] == "skipped"],
+        "skipped": [
+            {"path": r["path"], "reason": r["reason"], "detail": r["detail"]}
+            for r in records
+            if r["status"] == "skipped"
+        ],
         "superseded": superseded,
         "outputs": {r["path"]: r["folder"] for r in processed},
         "timings": {

@@ -28,8 +28,16 @@ from inference.labels import LABELS
 
 MANIFEST_NAME = "manifest.json"
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "bundles" / "demo"
-REQUIRED_KEYS = ("name", "version", "labels", "input_size", "weights_file", "weights_sha256",
-                 "gradcam_layer", "intended_use")
+REQUIRED_KEYS = (
+    "name",
+    "version",
+    "labels",
+    "input_size",
+    "weights_file",
+    "weights_sha256",
+    "gradcam_layer",
+    "intended_use",
+)
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,7 @@ def resolve_transfer_syntax(ds: Dataset) -> UID:
     if tsyntax:
         uid = UID(str(tsyntax).strip("\x00 "))
         if not uid.is_transfer_syntax:
-            raise DecodeError(
-                f"(0002,0010) Transfer Syntax UID {str(uid)[:64]!r} is not a known "
-                "transfer syntax"
-            )
+            raise DecodeError(f"(0002,0010) Transfer Syntax UID {str(uid)[:64]!r} is not a known transfer syntax")
         return uid
 
     implicit_vr, little_endian = getattr(ds, "original_encoding", (None, None))
@@ -96,9 +93,7 @@ def resolve_transfer_syntax(ds: Dataset) -> UID:
         return ExplicitVRLittleEndian
     if implicit_vr is False and little_endian is False:
         return ExplicitVRBigEndian
-    raise DecodeError(
-        "(0002,0010) Transfer Syntax UID is absent and the encoding cannot be inferred"
-    )
+    raise DecodeError("(0002,0010) Transfer Syntax UID is absent and the encoding cannot be inferred")
 
 
 def order_plugins(available: Iterable[str]) -> list[str]:
@@ -147,9 +142,7 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, DecodeInfo]:
         photometric_interpretation=str(props.get("photometric_interpretation", "")),
         bits_allocated=int(props.get("bits_allocated", ds.get("BitsAllocated") or 0)),
         bits_stored=int(props.get("bits_stored", ds.get("BitsStored") or 0)),
-        pixel_representation=int(
-            props.get("pixel_representation", ds.get("PixelRepresentation") or 0)
-        ),
+        pixel_representation=int(props.get("pixel_representation", ds.get("PixelRepresentation") or 0)),
         samples_per_pixel=int(props.get("samples_per_pixel", 1)),
         rows=int(arr.shape[0]),
         columns=int(arr.shape[1]),
@@ -159,9 +152,7 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, DecodeInfo]:
     return arr, info
 
 
-def _decode_native(
-    decoder: Decoder, ds: Dataset, ts_label: str
-) -> tuple[np.ndarray, dict[str, str | int]]:
+def _decode_native(decoder: Decoder, ds: Dataset, ts_label: str) -> tuple[np.ndarray, dict[str, str | int]]:
     try:
         return decoder.as_array(ds, index=0)
     except Exception as exc:  # pydicom raises many types; all mean "cannot decode"
@@ -169,9 +160,7 @@ def _decode_native(
         raise DecodeError(f"{ts_label}: {summarise_exception(exc)}") from exc
 
 
-def _decode_encapsulated(
-    decoder: Decoder, ds: Dataset, ts_label: str
-) -> tuple[np.ndarray, dict[str, str | int], str]:
+def _decode_encapsulated(decoder: Decoder, ds: Dataset, ts_label: str) -> tuple[np.ndarray, dict[str, str | int], str]:
     plugins = order_plugins(decoder.available_plugins)
     if not plugins:
         missing = "; ".join(decoder.missing_dependencies) or "none registered"

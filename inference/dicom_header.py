@@ -102,9 +102,7 @@ def read_patient_info(ds: Dataset, patient_id_override: str | None) -> PatientIn
     override = (patient_id_override or "").strip()
     patient_id = override or read_text(ds, "PatientID")
     if not patient_id:
-        raise MissingPatientId(
-            "(0010,0020) Patient ID is absent or blank and no patient id override was given"
-        )
+        raise MissingPatientId("(0010,0020) Patient ID is absent or blank and no patient id override was given")
     return PatientInfo(
         patient_id=patient_id,
         patient_name=read_text(ds, "PatientName"),
@@ -152,12 +150,9 @@ def check_eligibility(ds: Dataset, options: ReadOptions) -> None:
     """
     modality = read_text(ds, "Modality").upper()
     if modality not in options.accepted_modalities:
-        accepted = ", ".join(
-            sorted(m or MODALITY_ABSENT_TOKEN for m in options.accepted_modalities)
-        )
+        accepted = ", ".join(sorted(m or MODALITY_ABSENT_TOKEN for m in options.accepted_modalities))
         raise UnsupportedModality(
-            f"(0008,0060) Modality {modality or '(absent)'!r} is not accepted "
-            f"(accepted: {accepted})"
+            f"(0008,0060) Modality {modality or '(absent)'!r} is not accepted (accepted: {accepted})"
         )
 
     for keyword, tag in (
@@ -165,12 +160,8 @@ def check_eligibility(ds: Dataset, options: ReadOptions) -> None:
         ("DoubleFloatPixelData", "(7FE0,0009)"),
     ):
         if keyword in ds:
-            raise UnsupportedImage(
-                f"{tag} {keyword} is not supported, only (7FE0,0010)"
-            )
-    if "PixelData" not in ds or (
-        not is_deferred(ds, 0x7FE00010) and ds.PixelData is None
-    ):
+            raise UnsupportedImage(f"{tag} {keyword} is not supported, only (7FE0,0010)")
+    if "PixelData" not in ds or (not is_deferred(ds, 0x7FE00010) and ds.PixelData is None):
         raise UnsupportedImage("no (7FE0,0010) Pixel Data: not an image object")
 
     rows = _read_dimension(ds, "Rows", "(0028,0010)", options.max_side)
@@ -193,10 +184,7 @@ def check_eligibility(ds: Dataset, options: ReadOptions) -> None:
 
     photometric = read_text(ds, "PhotometricInterpretation").upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
-        raise UnsupportedImage(
-            f"(0028,0004) Photometric Interpretation {photometric or '(absent)'!r} "
-            "is not supported"
-        )
+        raise UnsupportedImage(f"(0028,0004) Photometric Interpretation {photometric or '(absent)'!r} is not supported")
     check_native_length(ds, rows, columns, samples, photometric)
 
 
@@ -219,9 +207,7 @@ def _read_int(ds: Dataset, keyword: str, tag: str, default: int | None) -> int |
         raise UnsupportedImage(f"{tag} {keyword} has invalid value {value!r}")
 
 
-def check_native_length(
-    ds: Dataset, rows: int, columns: int, samples: int, photometric: str
-) -> None:
+def check_native_length(ds: Dataset, rows: int, columns: int, samples: int, photometric: str) -> None:
     """For uncompressed data, refuse Pixel Data shorter than one frame."""
     try:
         tsyntax = resolve_transfer_syntax(ds)
@@ -239,40 +225,25 @@ def check_native_length(
         return  # undefined length on a native syntax: the decoder refuses it
     if held < needed:
         raise UnreadableDicom(
-            f"truncated: (7FE0,0010) Pixel Data holds {held} bytes, one frame of "
-            f"{rows}x{columns} needs {needed}"
+            f"truncated: (7FE0,0010) Pixel Data holds {held} bytes, one frame of {rows}x{columns} needs {needed}"
         )
 
 
-def record_provenance(
-    ds: Dataset, stored: np.ndarray, info: DecodeInfo, record: dict[str, Any]
-) -> dict[str, Any]:
+def record_provenance(ds: Dataset, stored: np.ndarray, info: DecodeInfo, record: dict[str, Any]) -> dict[str, Any]:
     """The JSON-serialisable record of one read: syntax and decoder, pixel layout,
     every pixel-pipeline decision, spacing, the stored-value hash and notes."""
     notes = list(record["notes"])
     if info.number_of_frames > 1:
-        notes.insert(
-            0, f"multi-frame: used frame {info.frame} of {info.number_of_frames}"
-        )
+        notes.insert(0, f"multi-frame: used frame {info.frame} of {info.number_of_frames}")
     file_photometric = read_text(ds, "PhotometricInterpretation").upper()
     if info.photometric_interpretation != file_photometric:
-        notes.append(
-            f"decoder delivered {info.photometric_interpretation} for "
-            f"(0028,0004) {file_photometric}"
-        )
+        notes.append(f"decoder delivered {info.photometric_interpretation} for (0028,0004) {file_photometric}")
     if read_text(ds, "PresentationIntentType").upper() == "FOR PROCESSING":
-        notes.append(
-            "(0008,0068) Presentation Intent Type is FOR PROCESSING (raw detector data)"
-        )
+        notes.append("(0008,0068) Presentation Intent Type is FOR PROCESSING (raw detector data)")
     if "PresentationLUTSequence" in ds:
         notes.append("(2050,0010) Presentation LUT Sequence ignored")
-    if (
-        "SharedFunctionalGroupsSequence" in ds
-        or "PerFrameFunctionalGroupsSequence" in ds
-    ):
-        notes.append(
-            "functional group rescale/window not applied (top-level values only)"
-        )
+    if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+        notes.append("functional group rescale/window not applied (top-level values only)")
     spacing, source, spacing_note = read_pixel_spacing(ds)
     if spacing_note:
         notes.append(spacing_note)
@@ -320,7 +291,5 @@ def read_pixel_spacing(
             pair = []
         if len(pair) == 2 and all(math.isfinite(v) and v > 0 for v in pair):
             return pair, keyword, "; ".join(notes) or None
-        notes.append(
-            f"{tag} {keyword} '{read_text(ds, keyword)}' is invalid and was ignored"
-        )
+        notes.append(f"{tag} {keyword} '{read_text(ds, keyword)}' is invalid and was ignored")
     return None, None, "; ".join(notes) or None

@@ -73,9 +73,7 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
         ds = _parse(path, force=True)
 
     if is_dicomdir(ds):
-        raise UnsupportedImage(
-            f"DICOMDIR (SOP Class {DICOMDIR_SOP_CLASS}) is a media index, not an image"
-        )
+        raise UnsupportedImage(f"DICOMDIR (SOP Class {DICOMDIR_SOP_CLASS}) is a media index, not an image")
     if forced and not looks_like_dicom(ds):
         raise UnreadableDicom(
             "not DICOM: no preamble/'DICM' prefix and no (0008,0016) SOP Class UID, "
@@ -98,21 +96,15 @@ def _parse(path: str | os.PathLike[str], force: bool) -> Dataset:
         return pydicom.dcmread(os.fspath(path), force=force, defer_size=DEFER_BYTES)
     except InvalidDicomError:
         if force:
-            raise UnreadableDicom(
-                "not DICOM: pydicom cannot parse it even with force=True"
-            )
+            raise UnreadableDicom("not DICOM: pydicom cannot parse it even with force=True")
         raise
     except RecursionError as exc:
         # Sequences nested deeper than the interpreter's recursion limit (pydicom
         # parses each level recursively); the stack is unwound by now.
-        raise UnreadableDicom(
-            "sequences nested too deeply to parse (Python recursion limit reached)"
-        ) from exc
+        raise UnreadableDicom("sequences nested too deeply to parse (Python recursion limit reached)") from exc
     except Exception as exc:  # the parser fails in many ways on arbitrary bytes
         reraise_if_interrupt(exc)
-        raise UnreadableDicom(
-            f"not parseable as DICOM ({type(exc).__name__}: {summarise_exception(exc)})"
-        ) from exc
+        raise UnreadableDicom(f"not parseable as DICOM ({type(exc).__name__}: {summarise_exception(exc)})") from exc
 
 
 def is_deferred(ds: Dataset, tag: int) -> bool:
@@ -139,9 +131,7 @@ def declared_length(ds: Dataset, keyword: str) -> int | None:
 def is_dicomdir(ds: Dataset) -> bool:
     """True for a DICOMDIR (media index) by SOP Class or Media Storage SOP Class."""
     file_meta = getattr(ds, "file_meta", None)
-    media_class = (
-        file_meta.get("MediaStorageSOPClassUID") if file_meta is not None else None
-    )
+    media_class = file_meta.get("MediaStorageSOPClassUID") if file_meta is not None else None
     return DICOMDIR_SOP_CLASS in (
         str(media_class or ""),
         str(ds.get("SOPClassUID") or ""),
@@ -169,8 +159,7 @@ def find_truncation(ds: Dataset, file_size: int) -> None:
         defined = elem.length != _UNDEFINED_LENGTH
         if defined and elem.value is not None and len(elem.value) < elem.length:
             raise UnreadableDicom(
-                f"truncated: {_tag(elem.tag)} declares {elem.length} bytes, the file "
-                f"holds {len(elem.value)}"
+                f"truncated: {_tag(elem.tag)} declares {elem.length} bytes, the file holds {len(elem.value)}"
             )
         if defined and elem.value is None and elem.value_tell + elem.length > file_size:
             raise UnreadableDicom(
@@ -182,19 +171,14 @@ def find_truncation(ds: Dataset, file_size: int) -> None:
 
     if "PixelData" in ds or last is None or _is_deflated(ds):
         return
-    if any(
-        isinstance(e, DataElement) and (e.file_tell or 0) > last[0]
-        for e in _top_level_elements(ds)
-    ):
+    if any(isinstance(e, DataElement) and (e.file_tell or 0) > last[0] for e in _top_level_elements(ds)):
         return  # a sequence comes last; its end offset is not known
     elem = last[1]
     if elem.length == _UNDEFINED_LENGTH:
         return
     stray = file_size - (elem.value_tell + elem.length)
     if 0 < stray < 8:
-        raise UnreadableDicom(
-            f"truncated: file ends {stray} bytes into the element after {_tag(elem.tag)}"
-        )
+        raise UnreadableDicom(f"truncated: file ends {stray} bytes into the element after {_tag(elem.tag)}")
 
 
 def _top_level_elements(ds: Dataset) -> list[DataElement | RawDataElement]:
@@ -240,9 +224,7 @@ def _convert_elements(ds: Dataset) -> None:
             ds[tag]
         except Exception as exc:  # value conversion of arbitrary bytes
             reraise_if_interrupt(exc)
-            raise UnreadableDicom(
-                f"element {_tag(tag)} cannot be parsed ({summarise_exception(exc)})"
-            ) from exc
+            raise UnreadableDicom(f"element {_tag(tag)} cannot be parsed ({summarise_exception(exc)})") from exc
 
 
 def _tag(tag: int) -> str:

@@ -56,9 +56,7 @@ __all__ = ["ReadOptions", "build_display_image", "read_dicom_image"]
 # ---------------------------------------------------------------------- pixels
 
 
-def build_display_image(
-    stored: np.ndarray, info: DecodeInfo, ds: Dataset
-) -> tuple[np.ndarray, dict[str, Any]]:
+def build_display_image(stored: np.ndarray, info: DecodeInfo, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the ``inference.pixels`` steps on decoded stored values.
 
     Returns ``(pixels, record)``: float32 (rows, columns) in [0, 1], display
@@ -110,6 +108,4 @@ def read_dicom_image(
     stored, info = decode_first_frame(ds)
     pixels, record = build_display_image(stored, info, ds)
     provenance = record_provenance(ds, stored, info, record)
-    return DicomImage(
-        path=str(path), pixels=pixels, patient=patient, provenance=provenance
-    )
+    return DicomImage(path=str(path), pixels=pixels, patient=patient, provenance=provenance)

@@ -55,12 +55,8 @@ from inference.errors import DecodeError, UnsupportedImage
 LUMA_WEIGHTS_BT601: tuple[float, float, float] = (0.299, 0.587, 0.114)
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-_PALETTE_DESCRIPTORS = tuple(
-    f"{c}PaletteColorLookupTableDescriptor" for c in ("Red", "Green", "Blue", "Alpha")
-)
-_PALETTE_DATA = tuple(
-    f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha")
-)
+_PALETTE_DESCRIPTORS = tuple(f"{c}PaletteColorLookupTableDescriptor" for c in ("Red", "Green", "Blue", "Alpha"))
+_PALETTE_DATA = tuple(f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha"))
 
 # Exceptions pydicom's LUT helpers raise on malformed LUT attributes.
 _LUT_ERRORS = (
@@ -74,9 +70,7 @@ _LUT_ERRORS = (
 )
 
 
-def to_grayscale(
-    arr: np.ndarray, photometric: str, ds: Dataset
-) -> tuple[np.ndarray, dict[str, Any]]:
+def to_grayscale(arr: np.ndarray, photometric: str, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
     """Return ``(values, info)``: monochrome passes through, colour becomes luma.
 
     ``photometric`` is the interpretation *after decoding* (pydicom reports RGB
@@ -94,9 +88,7 @@ def to_grayscale(
             "method": "palette_bt601_luma",
             "full_scale": 2**bits - 1,
         }
-    raise UnsupportedImage(
-        f"(0028,0004) Photometric Interpretation {photometric!r} is not supported"
-    )
+    raise UnsupportedImage(f"(0028,0004) Photometric Interpretation {photometric!r} is not supported")
 
 
 def luma_bt601(rgb: np.ndarray) -> np.ndarray:
@@ -156,9 +148,7 @@ def _is_big_endian(ds: Dataset) -> bool:
         return False
 
 
-def apply_modality_lut(
-    arr: np.ndarray, ds: Dataset
-) -> tuple[np.ndarray, dict[str, Any]]:
+def apply_modality_lut(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
     """Return ``(float64 values, info)`` after the Modality LUT / rescale step.
 
     (0028,3000) Modality LUT Sequence wins when present; otherwise Rescale Slope
@@ -169,9 +159,7 @@ def apply_modality_lut(
         try:
             out = pydicom_apply_modality_lut(arr, ds)
         except _LUT_ERRORS as exc:
-            raise UnsupportedImage(
-                f"(0028,3000) Modality LUT Sequence cannot be applied ({exc})"
-            ) from exc
+            raise UnsupportedImage(f"(0028,3000) Modality LUT Sequence cannot be applied ({exc})") from exc
         return np.asarray(out, dtype=np.float64), {"method": "lut"}
 
     if ds.get("RescaleSlope") is None and ds.get("RescaleIntercept") is None:
@@ -180,9 +168,7 @@ def apply_modality_lut(
     slope = read_number(ds, "RescaleSlope", "(0028,1053)", default=1.0)
     intercept = read_number(ds, "RescaleIntercept", "(0028,1052)", default=0.0)
     if slope == 0.0:
-        raise UnsupportedImage(
-            "(0028,1053) Rescale Slope is 0; the image would be blank"
-        )
+        raise UnsupportedImage("(0028,1053) Rescale Slope is 0; the image would be blank")
     rescale = Dataset()
     rescale.RescaleSlope = slope
     rescale.RescaleIntercept = intercept
@@ -243,17 +229,13 @@ def apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, An
     return _with_skipped(img, info, skipped)
 
 
-def _with_skipped(
-    img: np.ndarray, info: dict[str, Any], skipped: list[str]
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _with_skipped(img: np.ndarray, info: dict[str, Any], skipped: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     if skipped:
         info = {**info, "skipped": skipped}
     return img, info
 
 
-def apply_voi_lut_sequence(
-    values: np.ndarray, ds: Dataset
-) -> tuple[np.ndarray, dict[str, Any]] | str:
+def apply_voi_lut_sequence(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]] | str:
     """Apply VOI LUT Sequence item 0; return ``(img, info)`` or why it was skipped."""
     item = ds.VOILUTSequence[0]
     descriptor = item.get("LUTDescriptor")
@@ -292,8 +274,7 @@ def read_window(ds: Dataset) -> tuple[float, float, str] | str:
         width = float(_first(raw_width))
     except (TypeError, ValueError, IndexError):
         return (
-            f"(0028,1050)/(0028,1051) Window Center/Width {_show(raw_center)}/"
-            f"{_show(raw_width)} is not a numeric pair"
+            f"(0028,1050)/(0028,1051) Window Center/Width {_show(raw_center)}/{_show(raw_width)} is not a numeric pair"
         )
     function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper() or "LINEAR"
     if function not in VOI_FUNCTIONS:
@@ -307,9 +288,7 @@ def read_window(ds: Dataset) -> tuple[float, float, str] | str:
     return center, width, function
 
 
-def window_to_unit(
-    values: np.ndarray, center: float, width: float, function: str
-) -> np.ndarray:
+def window_to_unit(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
     """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT), C.11.2.1.3.1
     (SIGMOID) windowing with output range [0, 1], as float32."""
     x = np.asarray(values, dtype=np.float64)
@@ -361,9 +340,7 @@ def decide_inversion(photometric: str, ds: Dataset) -> str | None:
     return None
 
 
-def apply_polarity(
-    img01: np.ndarray, photometric: str, ds: Dataset
-) -> tuple[np.ndarray, bool]:
+def apply_polarity(img01: np.ndarray, photometric: str, ds: Dataset) -> tuple[np.ndarray, bool]:
     """Return ``(image, inverted)``: ``1 - img01`` when ``decide_inversion`` says so."""
     if decide_inversion(photometric, ds) is None:
         return img01, False

@@ -35,8 +35,9 @@ def mixed_precision_from_env() -> bool:
     return os.environ.get("CXR_MIXED_PRECISION", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def configure_tensorflow(threads: int | None = None, *, deterministic: bool = True,
-                         mixed_precision: bool | None = None) -> dict[str, Any]:
+def configure_tensorflow(
+    threads: int | None = None, *, deterministic: bool = True, mixed_precision: bool | None = None
+) -> dict[str, Any]:
     """Size TensorFlow's thread pools and set reproducibility; idempotent per process.
 
     ``threads`` defaults to ``CXR_TF_THREADS`` or the cores this process may use.
@@ -98,7 +99,7 @@ def apply_global_policy(model: Any, *, keep_float32_from: str | None = None) -> 
     if policy == "float32":
         return model
     names = [layer.name for layer in model.layers]
-    keep = set(names[names.index(keep_float32_from):]) if keep_float32_from in names else set()
+    keep = set(names[names.index(keep_float32_from) :]) if keep_float32_from in names else set()
 
     def rebuild(layer: Any) -> Any:
         config = layer.get_config()
@@ -139,14 +140,17 @@ class Predictor:
         try:
             model = keras.models.load_model(self.bundle.weights_path, compile=False)
         except Exception as exc:  # Keras raises many types for a bad file
-            raise BundleError(f"model bundle {self.bundle.path}: cannot load {self.bundle.weights_file}: "
-                              f"{exc.__class__.__name__}") from exc
+            raise BundleError(
+                f"model bundle {self.bundle.path}: cannot load {self.bundle.weights_file}: {exc.__class__.__name__}"
+            ) from exc
         model = apply_global_policy(model, keep_float32_from=self.bundle.gradcam_layer)
         self.model = model
         try:
             cam_layer = model.get_layer(self.bundle.gradcam_layer)
         except ValueError:
-            raise BundleError(f"model bundle {self.bundle.path}: no layer named {self.bundle.gradcam_layer!r}") from None
+            raise BundleError(
+                f"model bundle {self.bundle.path}: no layer named {self.bundle.gradcam_layer!r}"
+            ) from None
         logits = model.get_layer(self.bundle.logits_layer).output if self.bundle.logits_layer else model.output
         self._grad_model = keras.Model(model.inputs, [cam_layer.output, logits, model.output])
         h, w = self.bundle.input_size
@@ -154,8 +158,7 @@ class Predictor:
         self._thresholds = tf.constant([self.bundle.thresholds[n] for n in self.bundle.labels], tf.float32)
         spec = tf.TensorSpec((None, h, w, c), tf.float32)
         self._analyse = tf.function(self._analyse_graph, input_signature=[spec], reduce_retracing=True)
-        self._cam_for = tf.function(self._cam_for_graph,
-                                    input_signature=[spec, tf.TensorSpec((None,), tf.int32)])
+        self._cam_for = tf.function(self._cam_for_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)])
         self._predict = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
 
     # -- graphs -------------------------------------------------------------------------
@@ -225,8 +228,12 @@ class Predictor:
         per_image = (time.perf_counter() - start) * 1000.0 / max(len(batch), 1)
         probs_np, cams_np, idx_np = probs.numpy(), cams.numpy(), index.numpy()
         return [
-            Analysis(np.nan_to_num(probs_np[i], nan=0.0), normalise_heatmap(cams_np[i]), int(idx_np[i]),
-                     {"forward_gradcam": round(per_image, 2)})
+            Analysis(
+                np.nan_to_num(probs_np[i], nan=0.0),
+                normalise_heatmap(cams_np[i]),
+                int(idx_np[i]),
+                {"forward_gradcam": round(per_image, 2)},
+            )
             for i in range(len(batch))
         ]
 

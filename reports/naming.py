@@ -57,9 +57,7 @@ _KEPT_ASCII = frozenset("-_.")
 _STRIP_LEADING = "._-"
 _STRIP_TRAILING = "."
 _WINDOWS_DEVICE_NAMES = frozenset(
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
+    {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
 )
 
 
@@ -108,8 +106,7 @@ def safe_join(root: Path, *parts: str) -> Path:
     candidate = root_resolved.joinpath(*parts).resolve()
     if candidate == root_resolved or root_resolved not in candidate.parents:
         raise UnsafePathError(
-            f"path {'/'.join(parts)!r} resolves to {str(candidate)!r}, "
-            f"not inside {str(root_resolved)!r}"
+            f"path {'/'.join(parts)!r} resolves to {str(candidate)!r}, not inside {str(root_resolved)!r}"
         )
     return candidate
 
@@ -127,9 +124,7 @@ def _sanitize_component(raw: str, *, placeholder: str) -> str:
     if base == normalized and _fits(base) and not _is_device_name(base):
         return base
     suffix = HASH_MARKER + short_hash(normalized)
-    stem = _truncate(
-        base or placeholder, MAX_NAME_CHARS - len(suffix), MAX_NAME_BYTES - len(suffix)
-    )
+    stem = _truncate(base or placeholder, MAX_NAME_CHARS - len(suffix), MAX_NAME_BYTES - len(suffix))
     stem = stem.rstrip(_STRIP_TRAILING) or placeholder
     return stem + suffix
 
@@ -154,9 +149,7 @@ def _strip_edges(text: str) -> str:
 
 
 def _fits(name: str) -> bool:
-    return (
-        0 < len(name) <= MAX_NAME_CHARS and len(name.encode("utf-8")) <= MAX_NAME_BYTES
-    )
+    return 0 < len(name) <= MAX_NAME_CHARS and len(name.encode("utf-8")) <= MAX_NAME_BYTES
 
 
 def _is_device_name(name: str) -> bool:

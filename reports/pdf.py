@@ -71,11 +71,7 @@ def render_report_pdf(
     with confidence bars and threshold ticks, the two images side by side, model
     identity, disclaimers, and a "Page N/M" footer with the generation time.
     """
-    stamp = (
-        (generated_at or datetime.now(timezone.utc))
-        .strftime("%Y-%m-%d %H:%M:%S %Z")
-        .strip()
-    )
+    stamp = (generated_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
     pdf = _ReportPDF(stamp)
     register_fonts(pdf, pdf.fallback_fonts, fallback=fallback_for(doc))
     pdf.add_page()
@@ -89,10 +85,7 @@ def render_report_pdf(
 
 def is_demo_model(model: Mapping[str, Any]) -> bool:
     """True when the bundle says it is a demo (``demo: true`` or "demo" in intended_use)."""
-    return (
-        model.get("demo") is True
-        or "demo" in str(model.get("intended_use", "")).lower()
-    )
+    return model.get("demo") is True or "demo" in str(model.get("intended_use", "")).lower()
 
 
 def person_name(value: str) -> str:
@@ -129,9 +122,7 @@ class _ReportPDF(FPDF):
         self.cell(0, 8, TITLE, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         self.set_draw_color(60, 60, 60)
         self.set_line_width(0.4)
-        self.line(
-            self.l_margin, self.get_y() + 1, self.w - self.r_margin, self.get_y() + 1
-        )
+        self.line(self.l_margin, self.get_y() + 1, self.w - self.r_margin, self.get_y() + 1)
         self.ln(4)
 
     def footer(self) -> None:
@@ -153,9 +144,7 @@ def _drawable(pdf: _ReportPDF, text: str) -> str:
     fonts = [pdf.current_font, *pdf.fallback_fonts]
     cmaps = [font.cmap for font in fonts if isinstance(font, TTFFont)]
     chars = [
-        char if any(ord(char) in cmap for cmap in cmaps) else REPLACEMENT_CHAR
-        for char in text
-        if char.isprintable()
+        char if any(ord(char) in cmap for cmap in cmaps) else REPLACEMENT_CHAR for char in text if char.isprintable()
     ]
     return "".join(chars).replace(PAGE_ALIAS, "{ nb}")
 
@@ -170,9 +159,7 @@ def _fit(pdf: _ReportPDF, text: str, width: float) -> str:
     return text + "…"
 
 
-def _patient_block(
-    pdf: _ReportPDF, metadata: Mapping[str, Any], source: Mapping[str, Any]
-) -> None:
+def _patient_block(pdf: _ReportPDF, metadata: Mapping[str, Any], source: Mapping[str, Any]) -> None:
     rows: list[tuple[tuple[str, str], tuple[str, str]]] = [
         (
             ("Patient name", person_name(_s(metadata, "patient_name"))),
@@ -230,9 +217,7 @@ def _findings_table(
     pdf.set_font(FONT_FAMILY, "B", 9)
     pdf.set_fill_color(235, 235, 235)
     for width, title in zip(widths, ("Finding", "Confidence", "Threshold", "Present")):
-        pdf.cell(
-            width, row_h, title, fill=True, align="L" if title == "Finding" else "R"
-        )
+        pdf.cell(width, row_h, title, fill=True, align="L" if title == "Finding" else "R")
     pdf.cell(
         0,
         row_h,
@@ -253,9 +238,7 @@ def _findings_table(
         pdf.cell(widths[1], row_h, f"{confidence * 100:.1f} %", align="R")
         pdf.cell(widths[2], row_h, f"{threshold * 100:.0f} %", align="R")
         pdf.cell(widths[3], row_h, "yes" if present else "no", align="R")
-        _confidence_bar(
-            pdf, pdf.get_x() + 4, y, bar_w, row_h, confidence, threshold, present
-        )
+        _confidence_bar(pdf, pdf.get_x() + 4, y, bar_w, row_h, confidence, threshold, present)
         pdf.set_text_color(0, 0, 0)
         pdf.ln(row_h)
     pdf.ln(3)
@@ -285,9 +268,7 @@ def _confidence_bar(
     pdf.set_line_width(0.2)
 
 
-def _images(
-    pdf: _ReportPDF, source_png: bytes, heatmap_png: bytes, heatmap: Mapping[str, Any]
-) -> None:
+def _images(pdf: _ReportPDF, source_png: bytes, heatmap_png: bytes, heatmap: Mapping[str, Any]) -> None:
     """Source and heatmap side by side, each fitted into its half of the page width."""
     gap = 6.0
     box_w = (pdf.w - pdf.l_margin - pdf.r_margin - gap) / 2
@@ -324,22 +305,27 @@ def _png_image(pdf: _ReportPDF, png: bytes, name: str) -> str | io.BytesIO:
         return io.BytesIO(png)
     cache = pdf.image_cache.images
     info = RasterImageInfo(
-        data=stream.data, w=stream.width, h=stream.height,
-        cs="DeviceGray" if stream.channels == 1 else "DeviceRGB", dpn=stream.channels, bpc=8,
-        f="FlateDecode", dp=f"/Predictor 15 /Colors {stream.channels} /Columns {stream.width}",
-        iccp=None, iccp_i=None, inverted=False, i=len(cache) + 1, usages=0,
+        data=stream.data,
+        w=stream.width,
+        h=stream.height,
+        cs="DeviceGray" if stream.channels == 1 else "DeviceRGB",
+        dpn=stream.channels,
+        bpc=8,
+        f="FlateDecode",
+        dp=f"/Predictor 15 /Colors {stream.channels} /Columns {stream.width}",
+        iccp=None,
+        iccp_i=None,
+        inverted=False,
+        i=len(cache) + 1,
+        usages=0,
     )
     cache[name] = info
     return name
 
 
-def _model_block(
-    pdf: _ReportPDF, model: Mapping[str, Any], heatmap: Mapping[str, Any]
-) -> None:
+def _model_block(pdf: _ReportPDF, model: Mapping[str, Any], heatmap: Mapping[str, Any]) -> None:
     sha = _s(model, "sha256")
-    identity = (
-        f"Model: {_s(model, 'name') or 'unknown'} {_s(model, 'version')}".rstrip()
-    )
+    identity = f"Model: {_s(model, 'name') or 'unknown'} {_s(model, 'version')}".rstrip()
     if sha:
         identity += f" · SHA-256 {sha[:12]}…"
     details = [identity]
@@ -354,9 +340,7 @@ def _model_block(
     pdf.set_font(FONT_FAMILY, "", 8.5)
     width = pdf.w - pdf.l_margin - pdf.r_margin
     for line in details:
-        pdf.multi_cell(
-            width, 4.5, _drawable(pdf, line), new_x=XPos.LMARGIN, new_y=YPos.NEXT
-        )
+        pdf.multi_cell(width, 4.5, _drawable(pdf, line), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(2)
     if is_demo_model(model):
         pdf.set_font(FONT_FAMILY, "B", 11)
@@ -392,6 +376,4 @@ def _dicom_date(value: str) -> str:
 
 
 def _view(source: Mapping[str, Any]) -> str:
-    return " ".join(
-        part for part in (_s(source, "modality"), _s(source, "view_position")) if part
-    )
+    return " ".join(part for part in (_s(source, "modality"), _s(source, "view_position")) if part)

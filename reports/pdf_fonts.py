@@ -27,13 +27,18 @@ FONT_DIR = Path(__file__).resolve().parent / "fonts"
 FONT_FAMILY = "DejaVu"
 FALLBACK_FAMILY = "DejaVuFallback"  # DejaVu Sans cut to CORE_RANGES, or complete
 #: Unicode ranges of the main report faces: ASCII, Latin-1, general punctuation, U+FFFD.
-BASIC_RANGES: tuple[tuple[int, int], ...] = ((0x0020, 0x007E), (0x00A0, 0x00FF), (0x2000, 0x206F),
-                                             (0xFFFD, 0xFFFD))
+BASIC_RANGES: tuple[tuple[int, int], ...] = ((0x0020, 0x007E), (0x00A0, 0x00FF), (0x2000, 0x206F), (0xFFFD, 0xFFFD))
 #: The first fallback's ranges: Latin (with Vietnamese), Greek, Cyrillic, punctuation,
 #: currency, letter-like symbols, arrows, and U+FFFD. Other scripts: the complete faces.
 CORE_RANGES: tuple[tuple[int, int], ...] = (
-    (0x0020, 0x024F), (0x0370, 0x03FF), (0x0400, 0x052F), (0x1E00, 0x1EFF),
-    (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x21FF), (0xFFFD, 0xFFFD),
+    (0x0020, 0x024F),
+    (0x0370, 0x03FF),
+    (0x0400, 0x052F),
+    (0x1E00, 0x1EFF),
+    (0x2000, 0x206F),
+    (0x20A0, 0x20CF),
+    (0x2100, 0x21FF),
+    (0xFFFD, 0xFFFD),
 )
 FALLBACK_FONTS_ENV = "CXR_REPORT_FALLBACK_FONTS"
 SYSTEM_FALLBACK_FONTS: tuple[str, ...] = (
@@ -50,6 +55,7 @@ SYSTEM_FALLBACK_FONTS: tuple[str, ...] = (
 )
 _FONT_EXTENSIONS = (".ttf", ".otf", ".ttc", ".otc")
 
+
 @functools.cache
 def fallback_font_paths() -> tuple[Path, ...]:
     """Existing fallback font files: ``CXR_REPORT_FALLBACK_FONTS`` first, then system ones.
@@ -60,12 +66,7 @@ def fallback_font_paths() -> tuple[Path, ...]:
     found: list[Path] = []
     for raw in [*configured, *SYSTEM_FALLBACK_FONTS]:
         path = Path(raw.strip()) if raw.strip() else None
-        if (
-            path
-            and path.suffix.lower() in _FONT_EXTENSIONS
-            and path.is_file()
-            and path not in found
-        ):
+        if path and path.suffix.lower() in _FONT_EXTENSIONS and path.is_file() and path not in found:
             found.append(path)
     return tuple(found)
 
@@ -118,8 +119,14 @@ def _font_bytes(path: Path, tier: str) -> bytes:
     if tier == "full":
         return path.read_bytes()
     font = ttLib.TTFont(path, recalcTimestamp=False, recalcBBoxes=False)  # outlines copied, not recompiled
-    options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, glyph_names=True,
-                               name_IDs=["*"], name_languages=["*"], layout_features=[])
+    options = ftsubset.Options(
+        notdef_outline=True,
+        recommended_glyphs=True,
+        glyph_names=True,
+        name_IDs=["*"],
+        name_languages=["*"],
+        layout_features=[],
+    )
     options.drop_tables += ["GDEF", "GPOS", "GSUB", "MATH", "hdmx", "FFTM", "meta"]
     subsetter = ftsubset.Subsetter(options)
     ranges = BASIC_RANGES if tier == "basic" else CORE_RANGES

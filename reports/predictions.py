@@ -48,9 +48,7 @@ def resolve_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
     for label in LABELS:
         value = float(thresholds.get(label, DEFAULT_THRESHOLD))
         if not 0.0 <= value <= 1.0:  # also rejects NaN
-            raise ValueError(
-                f"threshold for {label!r} must be in [0, 1], got {value!r}"
-            )
+            raise ValueError(f"threshold for {label!r} must be in [0, 1], got {value!r}")
         resolved[label] = value
     return resolved
 
@@ -73,9 +71,7 @@ def build_findings(
     if len(labels) != len(scores):
         raise ValueError(f"{len(labels)} labels but {len(scores)} confidences")
     if sorted(labels) != sorted(LABELS):
-        raise ValueError(
-            f"model labels {list(labels)} are not the contract's {list(LABELS)}"
-        )
+        raise ValueError(f"model labels {list(labels)} are not the contract's {list(LABELS)}")
     by_label = dict(zip(labels, scores.tolist()))
     limits = resolve_thresholds(thresholds)
     findings: list[dict[str, Any]] = []
@@ -163,9 +159,7 @@ def dumps_predictions(doc: Mapping[str, Any]) -> bytes:
 
     Raises ``ValueError`` on NaN/Infinity, which JSON cannot carry.
     """
-    return (
-        json.dumps(doc, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
-    ).encode("utf-8")
+    return (json.dumps(doc, ensure_ascii=False, indent=2, allow_nan=False) + "\n").encode("utf-8")
 
 
 def _text(value: Any) -> str:

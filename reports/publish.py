@@ -139,9 +139,7 @@ def publish_artifacts(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_stale_temp_dirs(
-    output_root: Path, older_than_s: float = 3600.0
-) -> list[Path]:
+def remove_stale_temp_dirs(output_root: Path, older_than_s: float = 3600.0) -> list[Path]:
     """Delete ``<root>/.tmp/*`` entries older than ``older_than_s`` (left by crashes).
 
     Returns what was removed. A live publisher's staging dir is minutes old at most, so
@@ -191,20 +189,12 @@ def _target_folder(root: Path, folder_parts: Sequence[str]) -> Path:
             raise UnsafePathError(f"unsafe folder name: {part!r}")
     target = safe_join(root, *folder_parts)
     if target != root.joinpath(*folder_parts):
-        raise UnsafePathError(
-            f"folder {'/'.join(folder_parts)!r} passes through a symlink"
-        )
+        raise UnsafePathError(f"folder {'/'.join(folder_parts)!r} passes through a symlink")
     return target
 
 
 def _check_file_name(name: str) -> None:
-    if (
-        not name
-        or name.startswith(".")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-    ):
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
         raise UnsafePathError(f"unsafe artifact file name: {name!r}")
 
 
@@ -233,9 +223,7 @@ def _folder_lock(root: Path, target: Path) -> Iterator[None]:
     """Hold an exclusive flock dedicated to ``target`` for the duration of the block."""
     lock_dir = root / LOCK_DIR_NAME
     lock_dir.mkdir(exist_ok=True)
-    key = hashlib.sha256(
-        target.relative_to(root).as_posix().encode("utf-8", "surrogatepass")
-    )
+    key = hashlib.sha256(target.relative_to(root).as_posix().encode("utf-8", "surrogatepass"))
     fd = os.open(lock_dir / f"{key.hexdigest()}.lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -250,9 +238,7 @@ def _current_owner_wins(target: Path, job_id: str, rank: Sequence[str]) -> bool:
     if publication is None or publication.get("job_id") != job_id:
         return False
     existing = publication.get("rank")
-    if not isinstance(existing, list) or not all(
-        isinstance(item, str) for item in existing
-    ):
+    if not isinstance(existing, list) or not all(isinstance(item, str) for item in existing):
         return False
     return existing > list(rank)
 
@@ -266,9 +252,7 @@ def _read_publication(folder: Path) -> dict[str, Any] | None:
             document = json.loads(path.read_bytes())
         except (OSError, ValueError):
             continue
-        publication = (
-            document.get("publication") if isinstance(document, dict) else None
-        )
+        publication = document.get("publication") if isinstance(document, dict) else None
         if isinstance(publication, dict):
             return publication
     return None

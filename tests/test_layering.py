@@ -53,8 +53,12 @@ def sources(package: str) -> list[Path]:
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_package_imports_only_lower_layers(package: str) -> None:
     allowed = ALLOWED[package] | {package}
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path in sources(package) for name, line in sorted(project_imports(path)) if name not in allowed]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sources(package)
+        for name, line in sorted(project_imports(path))
+        if name not in allowed
+    ]
     assert sources(package) and not wrong, "\n".join(wrong)
 
 
@@ -70,30 +74,40 @@ def test_no_two_modules_share_a_name() -> None:
 
 
 def _frameworks_after_import(modules: str) -> list[str]:
-    code = (f"import sys, {modules}; "
-            "print(sorted(m for m in ('tensorflow', 'flask', 'celery', 'keras') if m in sys.modules))")
+    code = (
+        f"import sys, {modules}; "
+        "print(sorted(m for m in ('tensorflow', 'flask', 'celery', 'keras') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return eval(out.stdout.strip().splitlines()[-1])  # a list literal printed by the child
 
 
 def test_reports_does_not_import_frameworks() -> None:
     """reports/ stays a plain library: no web, queue or model framework behind it."""
-    assert _frameworks_after_import(
-        "reports.naming, reports.images, reports.predictions, reports.pdf, reports.publish") == []
+    assert (
+        _frameworks_after_import("reports.naming, reports.images, reports.predictions, reports.pdf, reports.publish")
+        == []
+    )
 
 
 def test_engine_state_and_policy_do_not_import_frameworks() -> None:
     """The job store, summary, discovery, delivery and settings need neither Celery nor Flask."""
-    assert _frameworks_after_import(
-        "engine.jobstore, engine.summary, engine.discovery, engine.delivery, engine.settings, engine.logs") == []
+    assert (
+        _frameworks_after_import(
+            "engine.jobstore, engine.summary, engine.discovery, engine.delivery, engine.settings, engine.logs"
+        )
+        == []
+    )
 
 
 def test_importing_the_worker_app_module_builds_nothing() -> None:
     """``workers.app`` makes its app on first access only, and connects no signal before."""
-    code = ("import workers.app as m; from celery import signals; "
-            "before = (len(signals.after_setup_logger.receivers), 'app' in vars(m), bool(m._worker_app)); "
-            "app = m.app; "
-            "after = (len(signals.after_setup_logger.receivers), app is m.app); print(before, after)")
+    code = (
+        "import workers.app as m; from celery import signals; "
+        "before = (len(signals.after_setup_logger.receivers), 'app' in vars(m), bool(m._worker_app)); "
+        "app = m.app; "
+        "after = (len(signals.after_setup_logger.receivers), app is m.app); print(before, after)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "(0, False, False) (1, True)"
 

@@ -35,15 +35,19 @@ def job_id_of_task(task_id: str) -> str | None:
 
 
 def _finalize_signature(app: Celery, job_id: str) -> Signature:
-    return app.signature("cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE,
-                         task_id=finalize_task_id(job_id))
+    return app.signature(
+        "cxr.finalize_job", kwargs={"job_id": job_id}, queue=DEFAULT_QUEUE, task_id=finalize_task_id(job_id)
+    )
 
 
 def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, layout: str) -> None:
     header = [
-        app.signature("cxr.infer_file", kwargs={"job_id": job_id, "index": i, "path": p, "output": output,
-                                                "layout": layout},
-                      queue=INFERENCE_QUEUE, task_id=header_task_id(job_id, i))
+        app.signature(
+            "cxr.infer_file",
+            kwargs={"job_id": job_id, "index": i, "path": p, "output": output, "layout": layout},
+            queue=INFERENCE_QUEUE,
+            task_id=header_task_id(job_id, i),
+        )
         for i, p in enumerate(paths)
     ]
     body = _finalize_signature(app, job_id)
@@ -56,11 +60,15 @@ def send_finalize(app: Celery, job_id: str) -> None:
     _finalize_signature(app, job_id).apply_async()
 
 
-def send_single(app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None,
-                expires_s: float) -> str:
+def send_single(
+    app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None, expires_s: float
+) -> str:
     """Queue one single-inference task; it is discarded if no worker takes it in time."""
-    sig = app.signature("cxr.infer_single", kwargs={"path": path, "output": output, "patient_id": patient_id,
-                                                    "request_id": request_id},
-                        queue=INFERENCE_QUEUE, task_id=request_id)
+    sig = app.signature(
+        "cxr.infer_single",
+        kwargs={"path": path, "output": output, "patient_id": patient_id, "request_id": request_id},
+        queue=INFERENCE_QUEUE,
+        task_id=request_id,
+    )
     sig.apply_async(expires=expires_s)
     return request_id

@@ -37,13 +37,16 @@ log = logging.getLogger(__name__)
 TaskOutcome = tuple[str, str] | None
 
 
-LOST_DETAIL = ("the file's task message is no longer in Redis (the broker restarted without its data, "
-               "or the queue was deleted); the file was not processed")
+LOST_DETAIL = (
+    "the file's task message is no longer in Redis (the broker restarted without its data, "
+    "or the queue was deleted); the file was not processed"
+)
 LOST_FAILURE = "messages of this job were lost by the broker; the files listed as 'lost' were not processed"
 
 
-def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float, *,
-                       messages_lost: bool = False) -> dict[str, Any]:
+def classify_lost_file(
+    path: str, outcome: TaskOutcome, hard_limit_s: float, *, messages_lost: bool = False
+) -> dict[str, Any]:
     """A skip record for a file whose task ended without recording the file.
 
     ``messages_lost``: the caller (the watchdog) checked that no message of the job is
@@ -55,7 +58,9 @@ def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float, *,
     elif outcome is None:
         record["detail"] = "the file's task left no result (lost message or expired result)"
     elif outcome[1] == "TimeLimitExceeded":
-        record.update(reason="timeout", detail=f"hard time limit of {hard_limit_s:g} s exceeded; the process was stopped")
+        record.update(
+            reason="timeout", detail=f"hard time limit of {hard_limit_s:g} s exceeded; the process was stopped"
+        )
     elif outcome[1] == "WorkerLostError":
         record["detail"] = "the worker process died while processing this file"
     else:
@@ -63,8 +68,14 @@ def classify_lost_file(path: str, outcome: TaskOutcome, hard_limit_s: float, *,
     return record
 
 
-def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], TaskOutcome], *,
-                 hard_limit_s: float, messages_lost: bool = False) -> dict[str, Any]:
+def finalize_job(
+    job_id: str,
+    store: JobStore,
+    task_outcome: Callable[[int], TaskOutcome],
+    *,
+    hard_limit_s: float,
+    messages_lost: bool = False,
+) -> dict[str, Any]:
     meta = store.meta(job_id)
     total = int(meta.get("total", 0))
     paths = store.job_paths(job_id)
@@ -83,10 +94,12 @@ def finalize_job(job_id: str, store: JobStore, task_outcome: Callable[[int], Tas
     now = time.time()
     created = float(meta.get("created_at", now))
     started = float(meta["started_at"]) if meta.get("started_at") else None
-    summary["timings"].update({
-        "wall_s": round(now - created, 3),
-        "queued_s": round(started - created, 3) if started is not None else None,
-    })
+    summary["timings"].update(
+        {
+            "wall_s": round(now - created, 3),
+            "queued_s": round(started - created, 3) if started is not None else None,
+        }
+    )
     summary["workers"] = sorted({r["worker"] for r in ordered if r.get("worker")})
     output_root = Path(meta["output"])
     summary_file = summary_path(output_root, job_id)

@@ -123,8 +123,13 @@ def log_device() -> str:
     import keras
 
     device = describe_device()
-    log.info("process %d runs on %s (CUDA_VISIBLE_DEVICES=%s, Keras policy %s)", os.getpid(), device,
-             os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), keras.mixed_precision.global_policy().name)
+    log.info(
+        "process %d runs on %s (CUDA_VISIBLE_DEVICES=%s, Keras policy %s)",
+        os.getpid(),
+        device,
+        os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+        keras.mixed_precision.global_policy().name,
+    )
     return device
 
 
@@ -134,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("usage: python -m workers.gpu concurrency\n")
         return 2
     try:
-        value = default_concurrency(os.environ, visible_gpu_ids(os.environ, device_nodes()),
-                                    len(os.sched_getaffinity(0)))
+        value = default_concurrency(
+            os.environ, visible_gpu_ids(os.environ, device_nodes()), len(os.sched_getaffinity(0))
+        )
     except ValueError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2

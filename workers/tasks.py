@@ -118,10 +118,13 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
         os.environ["CXR_TF_THREADS"] = str(threads)
     log.info("%d worker processes, %s TensorFlow threads each", concurrency, os.environ["CXR_TF_THREADS"])
     if celeryconfig.visibility_timeout < celeryconfig.SAFE_VISIBILITY_TIMEOUT_S:
-        log.warning("CXR_VISIBILITY_TIMEOUT_S=%g is below %g s (hard limit + longest retry countdown + margin): "
-                    "a file running longer than %g s is delivered a second time while it runs",
-                    celeryconfig.visibility_timeout, celeryconfig.SAFE_VISIBILITY_TIMEOUT_S,
-                    celeryconfig.visibility_timeout)
+        log.warning(
+            "CXR_VISIBILITY_TIMEOUT_S=%g is below %g s (hard limit + longest retry countdown + margin): "
+            "a file running longer than %g s is delivered a second time while it runs",
+            celeryconfig.visibility_timeout,
+            celeryconfig.SAFE_VISIBILITY_TIMEOUT_S,
+            celeryconfig.visibility_timeout,
+        )
 
 
 @signals.worker_process_init.connect
@@ -135,9 +138,15 @@ def _load_model(**_: Any) -> None:
 def _start_watchdog(sender: Any = None, **_: Any) -> None:
     """Main process, once the worker consumes: the stalled-job watchdog (daemon thread)."""
     conf, knobs = celeryconfig, settings()
-    watchdog = Watchdog(JobStore.from_url(app.conf.broker_url, retries=2), (conf.INFERENCE_QUEUE, conf.DEFAULT_QUEUE),
-                        _outcome_lookup, grace_s=knobs.stall_grace_s, interval_s=knobs.watchdog_interval_s,
-                        hard_limit_s=app.conf.task_time_limit, name=getattr(sender, "hostname", "worker"))
+    watchdog = Watchdog(
+        JobStore.from_url(app.conf.broker_url, retries=2),
+        (conf.INFERENCE_QUEUE, conf.DEFAULT_QUEUE),
+        _outcome_lookup,
+        grace_s=knobs.stall_grace_s,
+        interval_s=knobs.watchdog_interval_s,
+        hard_limit_s=app.conf.task_time_limit,
+        name=getattr(sender, "hostname", "worker"),
+    )
     watchdog.start()
     _state["watchdog"] = watchdog
     log.info("stalled-job watchdog: sweep every %g s, grace %g s", knobs.watchdog_interval_s, knobs.stall_grace_s)
@@ -149,11 +158,26 @@ def _stop_watchdog(**_: Any) -> None:
         _state.pop("watchdog").stop()
 
 
-@app.task(name="cxr.infer_file", bind=True, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
-          retry_backoff_max=celeryconfig.RETRY_BACKOFF_MAX_S, retry_jitter=True, max_retries=5)
+@app.task(
+    name="cxr.infer_file",
+    bind=True,
+    acks_late=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=celeryconfig.RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=5,
+)
 def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
-    delivery = decide_delivery(job_store(), job_id, index, path=path, retries=int(self.request.retries or 0),
-                               max_deliveries=settings().max_deliveries, worker=self.request.hostname)
+    delivery = decide_delivery(
+        job_store(),
+        job_id,
+        index,
+        path=path,
+        retries=int(self.request.retries or 0),
+        max_deliveries=settings().max_deliveries,
+        worker=self.request.hostname,
+    )
     if delivery.action == "ignore":
         log.warning("file %d of job %s not processed: the job is %s", index, job_id, delivery.job_state)
         return {"index": index, "status": "skipped", "job": delivery.job_state}
@@ -165,14 +189,20 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
         log.error("file %d of job %s (%s): worker died %d times on it; given up", index, job_id, path, deaths)
         return {"index": index, "status": "skipped"}
     if deaths:
-        log.warning("file %d of job %s: delivery %d (the worker died %d time(s) on it)", index, job_id,
-                    deaths + 1, deaths)
+        log.warning(
+            "file %d of job %s: delivery %d (the worker died %d time(s) on it)", index, job_id, deaths + 1, deaths
+        )
     try:
-        record = process_file(Path(path), Path(output), predictor(), job_id=job_id, layout=layout,
-                              options=read_options())
+        record = process_file(
+            Path(path), Path(output), predictor(), job_id=job_id, layout=layout, options=read_options()
+        )
     except SoftTimeLimitExceeded:
-        record = {"path": path, "status": "skipped", "reason": "timeout",
-                  "detail": f"soft time limit of {app.conf.task_soft_time_limit:g} s exceeded"}
+        record = {
+            "path": path,
+            "status": "skipped",
+            "reason": "timeout",
+            "detail": f"soft time limit of {app.conf.task_soft_time_limit:g} s exceeded",
+        }
         log.warning("file %d of job %s: soft time limit exceeded", index, job_id)
     record.update(index=index, worker=self.request.hostname)
     if deaths:
@@ -183,8 +213,9 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
 
 
 @app.task(name="cxr.infer_single", bind=True, acks_late=True, reject_on_worker_lost=False)
-def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | None,
-                 request_id: str) -> dict[str, Any]:
+def infer_single(
+    self: Any, *, path: str, output: str | None, patient_id: str | None, request_id: str
+) -> dict[str, Any]:
     """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
 
     Not redelivered when its process dies (no delivery cap here): the client waiting on
@@ -192,20 +223,35 @@ def infer_single(self: Any, *, path: str, output: str | None, patient_id: str | 
     """
     try:
         if output is not None:
-            record = process_file(Path(path), Path(output), predictor(), job_id=request_id, layout="patient",
-                                  options=read_options(), patient_id_override=patient_id, include_document=True)
+            record = process_file(
+                Path(path),
+                Path(output),
+                predictor(),
+                job_id=request_id,
+                layout="patient",
+                options=read_options(),
+                patient_id_override=patient_id,
+                include_document=True,
+            )
             if record["status"] != "processed":
                 return record
             doc = record.pop("document")
             outputs = record["outputs"]
-            images = {"source_image": outputs["source_image"], "heatmap": outputs["heatmap"],
-                      "report": outputs["report"], "predictions": outputs["predictions"]}
+            images = {
+                "source_image": outputs["source_image"],
+                "heatmap": outputs["heatmap"],
+                "report": outputs["report"],
+                "predictions": outputs["predictions"],
+            }
         else:
-            art = analyse_file(Path(path), predictor(), job_id=request_id, options=read_options(),
-                               patient_id_override=patient_id)
+            art = analyse_file(
+                Path(path), predictor(), job_id=request_id, options=read_options(), patient_id_override=patient_id
+            )
             doc = art.document
-            images = {kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
-                      for kind in ("source_image", "heatmap", "report")}
+            images = {
+                kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
+                for kind in ("source_image", "heatmap", "report")
+            }
     except CxrError as exc:
         return {"path": path, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
     except SoftTimeLimitExceeded:
@@ -235,8 +281,7 @@ def chord_failed(request: Any, exc: BaseException, traceback: Any, job_id: str) 
     The Redis backend fails the chord only when *every* file's task has ended (Celery 5.7
     counts each task id once), so no other file of the job is still running here.
     """
-    log.warning("job %s: a file's task failed without reporting (%s); finalising anyway",
-                job_id, type(exc).__name__)
+    log.warning("job %s: a file's task failed without reporting (%s); finalising anyway", job_id, type(exc).__name__)
     app.signature("cxr.finalize_job", kwargs={"job_id": job_id}).apply_async()
 
 
@@ -248,4 +293,5 @@ def _outcome_lookup(job_id: str) -> Any:
             return None
         exc = result.result
         return state, type(exc).__name__ if isinstance(exc, BaseException) else ""
+
     return lookup

@@ -102,8 +102,16 @@ def stalled_candidates(store: JobStore, grace_s: float, now: float) -> list[str]
     return candidates
 
 
-def sweep(store: JobStore, queues: Iterable[str], outcome_for: Callable[[str], Callable[[int], TaskOutcome]], *,
-          grace_s: float, interval_s: float, hard_limit_s: float, now: float | None = None) -> list[str]:
+def sweep(
+    store: JobStore,
+    queues: Iterable[str],
+    outcome_for: Callable[[str], Callable[[int], TaskOutcome]],
+    *,
+    grace_s: float,
+    interval_s: float,
+    hard_limit_s: float,
+    now: float | None = None,
+) -> list[str]:
     """One pass of the watchdog; returns the ids of the jobs it finalised."""
     now = time.time() if now is None else now
     candidates = stalled_candidates(store, grace_s, now)
@@ -121,8 +129,13 @@ def sweep(store: JobStore, queues: Iterable[str], outcome_for: Callable[[str], C
             continue
         summary = finalize_job(job_id, store, outcome_for(job_id), hard_limit_s=hard_limit_s, messages_lost=True)
         lost = sum(1 for s in summary["skipped"] if s["reason"] == "lost")
-        log.error("job %s stalled: no progress for %.0f s and no message left in Redis; finalised as %s "
-                  "with %d lost file(s)", job_id, now - seen + grace_s, summary["status"], lost)
+        log.error(
+            "job %s stalled: no progress for %.0f s and no message left in Redis; finalised as %s with %d lost file(s)",
+            job_id,
+            now - seen + grace_s,
+            summary["status"],
+            lost,
+        )
         finalised.append(job_id)
     return finalised
 
@@ -130,9 +143,17 @@ def sweep(store: JobStore, queues: Iterable[str], outcome_for: Callable[[str], C
 class Watchdog:
     """A daemon thread running ``sweep`` every ``interval_s``, one sweeper at a time."""
 
-    def __init__(self, store: JobStore, queues: Iterable[str],
-                 outcome_for: Callable[[str], Callable[[int], TaskOutcome]], *, grace_s: float,
-                 interval_s: float, hard_limit_s: float, name: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        queues: Iterable[str],
+        outcome_for: Callable[[str], Callable[[int], TaskOutcome]],
+        *,
+        grace_s: float,
+        interval_s: float,
+        hard_limit_s: float,
+        name: str,
+    ) -> None:
         self.store = store
         self.queues = tuple(queues)
         self.outcome_for = outcome_for
@@ -155,11 +176,16 @@ class Watchdog:
                 # The lock expires before the next sweep is due, so a dead sweeper never blocks it.
                 if not self.store.client.set(LOCK_KEY, self.name, nx=True, ex=max(1, int(self.interval_s * 0.8))):
                     continue
-                sweep(self.store, self.queues, self.outcome_for, grace_s=self.grace_s,
-                      interval_s=self.interval_s, hard_limit_s=self.hard_limit_s)
+                sweep(
+                    self.store,
+                    self.queues,
+                    self.outcome_for,
+                    grace_s=self.grace_s,
+                    interval_s=self.interval_s,
+                    hard_limit_s=self.hard_limit_s,
+                )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("watchdog: Redis unreachable (%s); next sweep in %g s", type(exc).__name__,
-                            self.interval_s)
+                log.warning("watchdog: Redis unreachable (%s); next sweep in %g s", type(exc).__name__, self.interval_s)
             except Exception:
                 # The thread must outlive one bad sweep; the traceback goes to the worker's log.
                 log.exception("watchdog: sweep failed; next sweep in %g s", self.interval_s)

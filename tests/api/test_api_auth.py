@@ -27,8 +27,15 @@ PROTECTED = [
 
 def _claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims = {"sub": "tester", "jti": str(uuid.uuid4()), "type": "access", "fresh": False,
-              "iat": now, "nbf": now, "exp": now + 3600}
+    claims = {
+        "sub": "tester",
+        "jti": str(uuid.uuid4()),
+        "type": "access",
+        "fresh": False,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    }
     claims.update(overrides)
     return claims
 
@@ -54,15 +61,18 @@ def test_raw_and_bearer_tokens_are_accepted(client: Any, token: str, scheme: str
 
 # The HS512 forgery reuses the server's 52-byte secret on purpose; PyJWT warns about it.
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-@pytest.mark.parametrize(("name", "make", "message"), [
-    ("expired", lambda: jwt.encode(_claims(exp=int(time.time()) - 10), SECRET, "HS256"), "Token expired"),
-    ("wrong key", lambda: jwt.encode(_claims(), "another-secret-" + "y" * 40, "HS256"), "Invalid token"),
-    ("wrong algorithm", lambda: jwt.encode(_claims(), SECRET, "HS512"), "Invalid token"),
-    ("alg none", lambda: jwt.encode(_claims(), None, algorithm="none"), "Invalid token"),
-    ("not yet valid", lambda: jwt.encode(_claims(nbf=int(time.time()) + 600), SECRET, "HS256"), "Invalid token"),
-    ("garbage", lambda: "not-a-token", "Invalid token"),
-    ("truncated", lambda: jwt.encode(_claims(), SECRET, "HS256")[:-5], "Invalid token"),
-])
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("expired", lambda: jwt.encode(_claims(exp=int(time.time()) - 10), SECRET, "HS256"), "Token expired"),
+        ("wrong key", lambda: jwt.encode(_claims(), "another-secret-" + "y" * 40, "HS256"), "Invalid token"),
+        ("wrong algorithm", lambda: jwt.encode(_claims(), SECRET, "HS512"), "Invalid token"),
+        ("alg none", lambda: jwt.encode(_claims(), None, algorithm="none"), "Invalid token"),
+        ("not yet valid", lambda: jwt.encode(_claims(nbf=int(time.time()) + 600), SECRET, "HS256"), "Invalid token"),
+        ("garbage", lambda: "not-a-token", "Invalid token"),
+        ("truncated", lambda: jwt.encode(_claims(), SECRET, "HS256")[:-5], "Invalid token"),
+    ],
+)
 def test_bad_tokens_are_refused(client: Any, name: str, make: Any, message: str) -> None:
     response = client.get("/jobs/x", headers={"Authorization": make()})
     assert response.status_code == 401, name
@@ -76,24 +86,26 @@ def _signed(**overrides: Any) -> str:
 # What the attack table above leaves out: headers that are not one token, tokens that are
 # not three base64url parts, and correctly signed tokens with claims this server never
 # issues (no expiry, no jti to revoke them by, a refresh token, issued in the future).
-@pytest.mark.parametrize(("name", "header", "message"), [
-    ("empty header", lambda: "", "Token missing"),
-    ("Bearer without a token", lambda: "Bearer ", "Token missing"),
-    ("Basic credentials", lambda: "Basic dXNlcjpwYXNzd29yZA==", "Invalid token"),
-    ("two tokens", lambda: f"{_signed()} {_signed()}", "Invalid token"),
-    ("four parts", lambda: _signed() + ".e30", "Invalid token"),
-    ("signature stripped", lambda: _signed().rsplit(".", 1)[0] + ".", "Invalid token"),
-    ("header not JSON", lambda: "bm90LWpzb24." + _signed().split(".", 1)[1], "Invalid token"),
-    ("not base64url", lambda: "eyJ!!!.eyJ.x", "Invalid token"),
-    ("no expiry", lambda: _signed(exp=None), "Invalid token"),
-    ("no jti", lambda: _signed(jti=None), "Invalid token"),
-    ("no subject", lambda: _signed(sub=None), "Invalid token"),
-    ("refresh token", lambda: _signed(type="refresh"), "Invalid token"),
-    ("issued in the future", lambda: _signed(iat=int(time.time()) + 3600), "Invalid token"),
-    ("expiry not a number", lambda: _signed(exp="tomorrow"), "Invalid token"),
-])
-def test_malformed_headers_and_foreign_claims_are_refused(client: Any, name: str, header: Any,
-                                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "header", "message"),
+    [
+        ("empty header", lambda: "", "Token missing"),
+        ("Bearer without a token", lambda: "Bearer ", "Token missing"),
+        ("Basic credentials", lambda: "Basic dXNlcjpwYXNzd29yZA==", "Invalid token"),
+        ("two tokens", lambda: f"{_signed()} {_signed()}", "Invalid token"),
+        ("four parts", lambda: _signed() + ".e30", "Invalid token"),
+        ("signature stripped", lambda: _signed().rsplit(".", 1)[0] + ".", "Invalid token"),
+        ("header not JSON", lambda: "bm90LWpzb24." + _signed().split(".", 1)[1], "Invalid token"),
+        ("not base64url", lambda: "eyJ!!!.eyJ.x", "Invalid token"),
+        ("no expiry", lambda: _signed(exp=None), "Invalid token"),
+        ("no jti", lambda: _signed(jti=None), "Invalid token"),
+        ("no subject", lambda: _signed(sub=None), "Invalid token"),
+        ("refresh token", lambda: _signed(type="refresh"), "Invalid token"),
+        ("issued in the future", lambda: _signed(iat=int(time.time()) + 3600), "Invalid token"),
+        ("expiry not a number", lambda: _signed(exp="tomorrow"), "Invalid token"),
+    ],
+)
+def test_malformed_headers_and_foreign_claims_are_refused(client: Any, name: str, header: Any, message: str) -> None:
     response = client.get("/jobs/x", headers={"Authorization": header()})
     assert response.status_code == 401, name
     assert response.get_json() == {"Result": "Failure", "Data": None, "Message": message}, name
@@ -102,7 +114,8 @@ def test_malformed_headers_and_foreign_claims_are_refused(client: Any, name: str
 def test_tampered_payload_is_refused(client: Any, token: str) -> None:
     header, payload, signature = token.split(".")
     forged_payload = jwt.utils.base64url_encode(
-        jwt.utils.base64url_decode(payload).replace(b'"pytest"', b'"admin1"')).decode()
+        jwt.utils.base64url_decode(payload).replace(b'"pytest"', b'"admin1"')
+    ).decode()
     assert forged_payload != payload
     response = client.get("/jobs/x", headers={"Authorization": f"{header}.{forged_payload}.{signature}"})
     assert response.status_code == 401
@@ -111,8 +124,15 @@ def test_tampered_payload_is_refused(client: Any, token: str) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CXR_JWT_SECRET=SECRET, REDIS_URL=REDIS_TEST_URL)
-    return subprocess.run([sys.executable, "-m", "cxr", "token", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "cxr", "token", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_issues_a_working_token_and_revokes_it(client: Any) -> None:

@@ -42,36 +42,75 @@ def test_single_inference_messages(client: Any, auth: dict[str, str], files: dic
     cases = [
         ({"output_folder_path": out}, 400, "input_image_path is required in the request"),
         ({"input_image_path": img}, 400, "output_folder_path is required in the request when save_to_disk is True"),
-        ({"input_image_path": img, "save_to_disk": "yes", "output_folder_path": out}, 400,
-         "Invalid value for save_to_disk, should be a boolean: 'yes'"),
+        (
+            {"input_image_path": img, "save_to_disk": "yes", "output_folder_path": out},
+            400,
+            "Invalid value for save_to_disk, should be a boolean: 'yes'",
+        ),
         ({"input_image_path": img, "save_to_disk": 1}, 400, "Invalid value for save_to_disk, should be a boolean: 1"),
-        ({"input_image_path": "relative/one.dcm", "output_folder_path": out}, 400,
-         "Invalid path input_image_path: 'relative/one.dcm'"),
+        (
+            {"input_image_path": "relative/one.dcm", "output_folder_path": out},
+            400,
+            "Invalid path input_image_path: 'relative/one.dcm'",
+        ),
         ({"input_image_path": "", "output_folder_path": out}, 400, "Invalid path input_image_path: ''"),
-        ({"input_image_path": img + "\x00", "output_folder_path": out}, 400,
-         f"Invalid path input_image_path: {img + chr(0)!r}"),
+        (
+            {"input_image_path": img + "\x00", "output_folder_path": out},
+            400,
+            f"Invalid path input_image_path: {img + chr(0)!r}",
+        ),
         ({"input_image_path": 42, "output_folder_path": out}, 400, "Invalid path input_image_path: 42"),
         ({"input_image_path": img, "output_folder_path": ["x"]}, 400, "Invalid path output_folder_path: ['x']"),
-        ({"input_image_path": str(base / "in" / "missing.dcm"), "output_folder_path": out}, 400,
-         f"Input image path does not exist: {base / 'in' / 'missing.dcm'}"),
-        ({"input_image_path": str(base / "notes.txt"), "output_folder_path": out}, 400,
-         f"Requested image is not a DICOM file: {base / 'notes.txt'}"),
-        ({"input_image_path": img, "output_folder_path": out, "patient_id": ""}, 400,
-         "Invalid patient_id: '' in request body"),
-        ({"input_image_path": img, "output_folder_path": out, "patient_id": 7}, 400,
-         "Invalid patient_id: 7 in request body"),
-        ({"input_image_path": img, "output_folder_path": out, "patient_id": "a\nb"}, 400,
-         "Invalid patient_id: 'a\\nb' in request body"),
-        ({"input_image_path": img, "output_folder_path": out, "patient_id": "x" * 65}, 400,
-         f"Invalid patient_id: {'x' * 65!r} in request body"),
-        ({"input_image_path": "/etc/passwd.dcm", "output_folder_path": out}, 400,
-         "Path is outside the allowed data roots: /etc/passwd.dcm"),
-        ({"input_image_path": str(base / "link-out" / "secret.dcm"), "output_folder_path": out}, 400,
-         f"Path is outside the allowed data roots: {base / 'link-out' / 'secret.dcm'}"),
-        ({"input_image_path": img, "output_folder_path": str(base / "link-out" / "o")}, 400,
-         f"Path is outside the allowed data roots: {base / 'link-out' / 'o'}"),
-        ({"input_image_path": img, "output_folder_path": str(base / "a-file" / "o")}, 500,
-         f"Unable to create output folder: {base / 'a-file' / 'o'}"),
+        (
+            {"input_image_path": str(base / "in" / "missing.dcm"), "output_folder_path": out},
+            400,
+            f"Input image path does not exist: {base / 'in' / 'missing.dcm'}",
+        ),
+        (
+            {"input_image_path": str(base / "notes.txt"), "output_folder_path": out},
+            400,
+            f"Requested image is not a DICOM file: {base / 'notes.txt'}",
+        ),
+        (
+            {"input_image_path": img, "output_folder_path": out, "patient_id": ""},
+            400,
+            "Invalid patient_id: '' in request body",
+        ),
+        (
+            {"input_image_path": img, "output_folder_path": out, "patient_id": 7},
+            400,
+            "Invalid patient_id: 7 in request body",
+        ),
+        (
+            {"input_image_path": img, "output_folder_path": out, "patient_id": "a\nb"},
+            400,
+            "Invalid patient_id: 'a\\nb' in request body",
+        ),
+        (
+            {"input_image_path": img, "output_folder_path": out, "patient_id": "x" * 65},
+            400,
+            f"Invalid patient_id: {'x' * 65!r} in request body",
+        ),
+        (
+            {"input_image_path": "/etc/passwd.dcm", "output_folder_path": out},
+            400,
+            "Path is outside the allowed data roots: /etc/passwd.dcm",
+        ),
+        (
+            {"input_image_path": str(base / "link-out" / "secret.dcm"), "output_folder_path": out},
+            400,
+            f"Path is outside the allowed data roots: {base / 'link-out' / 'secret.dcm'}",
+        ),
+        (
+            {"input_image_path": img, "output_folder_path": str(base / "link-out" / "o")},
+            400,
+            f"Path is outside the allowed data roots: {base / 'link-out' / 'o'}",
+        ),
+        (
+            {"input_image_path": img, "output_folder_path": str(base / "a-file" / "o")},
+            500,
+            f"Unable to create output folder: {base / 'a-file' / 'o'}",
+        ),
     ]
     for body, status, message in cases:
         assert _post(client, auth, "/single_inference", body) == (status, message), body
@@ -85,19 +124,37 @@ def test_bulk_inference_messages(client: Any, auth: dict[str, str], files: dict[
         ({"input_folder_path": inp}, 400, "output_folder_path is required in the request"),
         ({"input_folder_path": "in", "output_folder_path": out}, 400, "Invalid path input_folder_path: 'in'"),
         ({"input_folder_path": inp, "output_folder_path": "./o"}, 400, "Invalid path output_folder_path: './o'"),
-        ({"input_folder_path": str(base / "nope"), "output_folder_path": out}, 400,
-         f"Input folder path does not exist: {base / 'nope'}"),
-        ({"input_folder_path": str(base / "empty"), "output_folder_path": out}, 400,
-         "No Dicom images found in the provided path"),
+        (
+            {"input_folder_path": str(base / "nope"), "output_folder_path": out},
+            400,
+            f"Input folder path does not exist: {base / 'nope'}",
+        ),
+        (
+            {"input_folder_path": str(base / "empty"), "output_folder_path": out},
+            400,
+            "No Dicom images found in the provided path",
+        ),
         ({"input_folder_path": "/", "output_folder_path": out}, 400, "Path is outside the allowed data roots: /"),
-        ({"input_folder_path": str(base / "link-out"), "output_folder_path": out}, 400,
-         f"Path is outside the allowed data roots: {base / 'link-out'}"),
-        ({"input_folder_path": inp, "output_folder_path": out, "wait": "no"}, 400,
-         "Invalid value for wait, should be a boolean: 'no'"),
-        ({"input_folder_path": inp, "output_folder_path": out, "layout": "flat"}, 400,
-         "Invalid value for layout, should be \"patient\" or \"instance\": 'flat'"),
-        ({"input_folder_path": inp, "output_folder_path": str(base / "a-file" / "o")}, 500,
-         f"Unable to create output folder: {base / 'a-file' / 'o'}"),
+        (
+            {"input_folder_path": str(base / "link-out"), "output_folder_path": out},
+            400,
+            f"Path is outside the allowed data roots: {base / 'link-out'}",
+        ),
+        (
+            {"input_folder_path": inp, "output_folder_path": out, "wait": "no"},
+            400,
+            "Invalid value for wait, should be a boolean: 'no'",
+        ),
+        (
+            {"input_folder_path": inp, "output_folder_path": out, "layout": "flat"},
+            400,
+            'Invalid value for layout, should be "patient" or "instance": \'flat\'',
+        ),
+        (
+            {"input_folder_path": inp, "output_folder_path": str(base / "a-file" / "o")},
+            500,
+            f"Unable to create output folder: {base / 'a-file' / 'o'}",
+        ),
     ]
     for body, status, message in cases:
         assert _post(client, auth, "/bulk_inference", body) == (status, message), body
@@ -105,16 +162,16 @@ def test_bulk_inference_messages(client: Any, auth: dict[str, str], files: dict[
 
 @pytest.mark.parametrize("path", ["/single_inference", "/bulk_inference"])
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b'"a string"', b"", b"[" * 100000])
-def test_bodies_that_are_not_json_objects_get_415(client: Any, auth: dict[str, str], path: str,
-                                                  data: bytes) -> None:
+def test_bodies_that_are_not_json_objects_get_415(client: Any, auth: dict[str, str], path: str, data: bytes) -> None:
     response = client.post(path, data=data, headers={**auth, "Content-Type": "application/json"})
     assert response.status_code == 415
     assert response.get_json()["Message"] == "Request body must be a JSON object"
 
 
 def test_huge_body_is_413(client: Any, auth: dict[str, str]) -> None:
-    response = client.post("/bulk_inference", data=b"{" + b" " * (2 << 20) + b"}",
-                           headers={**auth, "Content-Type": "application/json"})
+    response = client.post(
+        "/bulk_inference", data=b"{" + b" " * (2 << 20) + b"}", headers={**auth, "Content-Type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.get_json() == {"Result": "Failure", "Data": None, "Message": "Request body too large"}
 
@@ -143,7 +200,14 @@ def test_api_process_never_imports_tensorflow(data_root: Path) -> None:
         "heavy = [m for m in ('tensorflow', 'keras', 'cv2', 'fpdf') if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ), check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

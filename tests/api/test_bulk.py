@@ -22,8 +22,9 @@ ARTIFACTS = ("predictions.json", "heatmap.png", "source_image.png", "report.pdf"
 
 
 def _bulk(client: Any, auth: dict[str, str], inp: Path, out: Path, **extra: Any) -> Any:
-    return client.post("/bulk_inference", headers=auth,
-                       json={"input_folder_path": str(inp), "output_folder_path": str(out), **extra})
+    return client.post(
+        "/bulk_inference", headers=auth, json={"input_folder_path": str(inp), "output_folder_path": str(out), **extra}
+    )
 
 
 def _assert_patient_folder(folder: Path) -> dict[str, Any]:
@@ -35,8 +36,9 @@ def _assert_patient_folder(folder: Path) -> dict[str, Any]:
     return doc
 
 
-def test_mixed_folder_completes_with_every_file_accounted_for(client: Any, auth: dict[str, str], worker: Any,
-                                                               data_root: Path, small_phantoms: Path) -> None:
+def test_mixed_folder_completes_with_every_file_accounted_for(
+    client: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path
+) -> None:
     inp, out = data_root / "mixed" / "in", data_root / "mixed" / "out"
     copy_inputs(small_phantoms, inp, ["phantom_777_00000.dcm", "phantom_777_00001.dcm"])
     nested = inp / "nested" / "deeper"
@@ -61,15 +63,18 @@ def test_mixed_folder_completes_with_every_file_accounted_for(client: Any, auth:
     assert summary["total"] == 8
     assert summary["processed"] == 3
     reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
-    assert reasons == {"ct.dcm": "unsupported_modality", "empty.dcm": "unreadable_dicom",
-                       "random.dcm": "unreadable_dicom", "truncated.dcm": "unreadable_dicom",
-                       "no-patient-id.dcm": "missing_patient_id"}
+    assert reasons == {
+        "ct.dcm": "unsupported_modality",
+        "empty.dcm": "unreadable_dicom",
+        "random.dcm": "unreadable_dicom",
+        "truncated.dcm": "unreadable_dicom",
+        "no-patient-id.dcm": "missing_patient_id",
+    }
     assert all(s["detail"] for s in summary["skipped"])
     assert summary["superseded"] == []
     assert summary["workers"] == [worker.name]
 
-    assert {Path(p).name for p in summary["outputs"]} == {"phantom_777_00000.dcm", "phantom_777_00001.dcm",
-                                                            "rg1.DCM"}
+    assert {Path(p).name for p in summary["outputs"]} == {"phantom_777_00000.dcm", "phantom_777_00001.dcm", "rg1.DCM"}
     for src, folder in summary["outputs"].items():
         doc = _assert_patient_folder(Path(folder))
         assert doc["source"]["path"] == src
@@ -87,8 +92,9 @@ def test_mixed_folder_completes_with_every_file_accounted_for(client: Any, auth:
     assert 0 < redis_client.ttl(JOB_KEY.format(job_id=summary["job_id"])) <= 7 * 86400
 
 
-def test_async_job_is_polled_to_completion(client: Any, auth: dict[str, str], worker: Any, data_root: Path,
-                                           small_phantoms: Path) -> None:
+def test_async_job_is_polled_to_completion(
+    client: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path
+) -> None:
     inp = copy_inputs(small_phantoms, data_root / "async" / "in")
     response = _bulk(client, auth, inp, data_root / "async" / "out", wait=False)
     assert response.status_code == 202
@@ -105,8 +111,9 @@ def test_async_job_is_polled_to_completion(client: Any, auth: dict[str, str], wo
     assert final["Message"] == "Job completed."
 
 
-def test_wait_limit_answers_202_warning_and_the_job_carries_on(app: Any, auth: dict[str, str], worker: Any,
-                                                                data_root: Path, small_phantoms: Path) -> None:
+def test_wait_limit_answers_202_warning_and_the_job_carries_on(
+    app: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path
+) -> None:
     inp = copy_inputs(small_phantoms, data_root / "limit" / "in")
     app.config["CXR_BULK_WAIT_S"] = 0.0
     try:
@@ -121,8 +128,9 @@ def test_wait_limit_answers_202_warning_and_the_job_carries_on(app: Any, auth: d
     assert final["Data"]["processed"] == 6
 
 
-def test_instance_layout_keeps_every_image_of_a_patient(client: Any, auth: dict[str, str], worker: Any,
-                                                        data_root: Path, small_phantoms: Path) -> None:
+def test_instance_layout_keeps_every_image_of_a_patient(
+    client: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path
+) -> None:
     inp = data_root / "instance" / "in"
     inp.mkdir(parents=True)
     uids = []
@@ -145,8 +153,13 @@ def _assert_patient_folder_named(folder: Path, patient: str) -> dict[str, Any]:
 
 
 def test_two_workers_share_a_job_and_one_patient_folder_stays_whole(
-        client: Any, auth: dict[str, str], worker: WorkerProcess, second_worker: WorkerProcess,
-        data_root: Path, tmp_path: Path) -> None:
+    client: Any,
+    auth: dict[str, str],
+    worker: WorkerProcess,
+    second_worker: WorkerProcess,
+    data_root: Path,
+    tmp_path: Path,
+) -> None:
     """Eight images of one patient, two workers publishing the same folder concurrently:
     the folder ends with exactly the greatest-rank image's four artifacts."""
     from demo.phantom_dicom import write_phantoms
@@ -178,13 +191,17 @@ def test_two_workers_share_a_job_and_one_patient_folder_stays_whole(
 
 
 @pytest.mark.parametrize("save", [True, False])
-def test_single_inference(client: Any, auth: dict[str, str], worker: Any, data_root: Path,
-                          small_phantoms: Path, save: bool) -> None:
+def test_single_inference(
+    client: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path, save: bool
+) -> None:
     import base64
 
     src = copy_inputs(small_phantoms, data_root / f"single-{save}", ["phantom_777_00004.dcm"])
-    body: dict[str, Any] = {"input_image_path": str(src / "phantom_777_00004.dcm"), "save_to_disk": save,
-                            "patient_id": "OVERRIDE 7"}
+    body: dict[str, Any] = {
+        "input_image_path": str(src / "phantom_777_00004.dcm"),
+        "save_to_disk": save,
+        "patient_id": "OVERRIDE 7",
+    }
     if save:
         body["output_folder_path"] = str(data_root / f"single-{save}" / "out")
     response = client.post("/single_inference", json=body, headers=auth)
@@ -209,8 +226,9 @@ def test_single_inference(client: Any, auth: dict[str, str], worker: Any, data_r
         assert not (data_root / "single-False" / "out").exists()
 
 
-def test_single_inference_refusals_from_the_worker(client: Any, auth: dict[str, str], worker: Any,
-                                                   data_root: Path, small_phantoms: Path) -> None:
+def test_single_inference_refusals_from_the_worker(
+    client: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path
+) -> None:
     base = data_root / "single-bad"
     base.mkdir()
     (base / "junk.dcm").write_bytes(b"\x00" * 300)
@@ -226,8 +244,11 @@ def test_single_inference_refusals_from_the_worker(client: Any, auth: dict[str, 
         "mr.dcm": (400, "Image cannot be processed (unsupported_modality): "),
     }
     for name, (status, message) in expected.items():
-        response = client.post("/single_inference", headers=auth,
-                               json={"input_image_path": str(base / name), "output_folder_path": str(base / "o")})
+        response = client.post(
+            "/single_inference",
+            headers=auth,
+            json={"input_image_path": str(base / name), "output_folder_path": str(base / "o")},
+        )
         payload = response.get_json()
         assert response.status_code == status, payload
         assert payload["Message"].startswith(message), payload

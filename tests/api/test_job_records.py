@@ -44,15 +44,22 @@ def test_recording_a_file_twice_counts_it_once(store: JobStore) -> None:
     store.record_file("j1", 1, _record("processed", "/in/b.dcm"))
     progress = store.progress("j1")
     assert progress is not None and (progress.processed, progress.skipped) == (2, 0)
-    assert progress.as_data() == {"job_id": "j1", "status": "running", "total": 2, "processed": 2,
-                                  "skipped_count": 0, "done": 2}
+    assert progress.as_data() == {
+        "job_id": "j1",
+        "status": "running",
+        "total": 2,
+        "processed": 2,
+        "skipped_count": 0,
+        "done": 2,
+    }
     assert store.job_paths("j1") == ["/in/a.dcm", "/in/b.dcm"]
     assert 0 < store.client.ttl(FILES_KEY.format(job_id="j1")) <= 600
 
 
 def test_finishing_keeps_the_summary_and_drops_the_scratch_keys(store: JobStore) -> None:
-    store.create("j2", paths=[f"/in/{i}.dcm" for i in range(2500)], input_path="/in", output_path="/out",
-                 layout="instance")
+    store.create(
+        "j2", paths=[f"/in/{i}.dcm" for i in range(2500)], input_path="/in", output_path="/out", layout="instance"
+    )
     assert len(store.job_paths("j2")) == 2500  # pushed in chunks
     store.record_file("j2", 0, _record("processed"))
     store.finish("j2", {"job_id": "j2", "status": "completed", "total": 2500})
@@ -64,12 +71,15 @@ def test_finishing_keeps_the_summary_and_drops_the_scratch_keys(store: JobStore)
     assert store.progress("unknown") is None
 
 
-@pytest.mark.parametrize(("outcome", "reason", "detail"), [
-    (("FAILURE", "TimeLimitExceeded"), "timeout", "hard time limit of 300 s exceeded"),
-    (("FAILURE", "WorkerLostError"), "inference_error", "the worker process died"),
-    (("FAILURE", "ConnectionError"), "inference_error", "the file's task failed (ConnectionError)"),
-    (None, "inference_error", "the file's task left no result"),
-])
+@pytest.mark.parametrize(
+    ("outcome", "reason", "detail"),
+    [
+        (("FAILURE", "TimeLimitExceeded"), "timeout", "hard time limit of 300 s exceeded"),
+        (("FAILURE", "WorkerLostError"), "inference_error", "the worker process died"),
+        (("FAILURE", "ConnectionError"), "inference_error", "the file's task failed (ConnectionError)"),
+        (None, "inference_error", "the file's task left no result"),
+    ],
+)
 def test_a_file_whose_task_died_is_still_accounted_for(outcome: Any, reason: str, detail: str) -> None:
     record = classify_lost_file("/in/x.dcm", outcome, 300.0)
     assert (record["path"], record["status"], record["reason"]) == ("/in/x.dcm", "skipped", reason)

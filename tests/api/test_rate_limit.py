@@ -38,8 +38,12 @@ def limit_redis() -> Iterator[redis.Redis]:
 def make_app(redis_url: str = REDIS_URL, **overrides: Any) -> Any:
     from api import create_app
 
-    config = {"TESTING": True, "REDIS_URL": redis_url, "CXR_JWT_SECRET": SECRET,
-              "CXR_AUTH_FAIL_LIMIT": f"{LIMIT} per {WINDOW_S} seconds"}
+    config = {
+        "TESTING": True,
+        "REDIS_URL": redis_url,
+        "CXR_JWT_SECRET": SECRET,
+        "CXR_AUTH_FAIL_LIMIT": f"{LIMIT} per {WINDOW_S} seconds",
+    }
     return create_app({**config, **overrides})
 
 
@@ -55,8 +59,7 @@ def good_token(app: Any) -> str:
     return issue_token(app, "rate-limit-test")
 
 
-def get(client: Any, address: str, token: str | None, path: str = "/jobs/0123456789abcdef",
-        **headers: str) -> Any:
+def get(client: Any, address: str, token: str | None, path: str = "/jobs/0123456789abcdef", **headers: str) -> Any:
     if token is not None:
         headers["Authorization"] = token
     return client.get(path, headers=headers, environ_base={"REMOTE_ADDR": address})
@@ -66,8 +69,9 @@ def limiter_keys(client: redis.Redis) -> list[str]:
     return [str(k) for k in client.scan_iter(match=f"*{KEY_PREFIX}*")]
 
 
-def test_failures_from_one_address_get_429_then_the_window_reopens(app: Any, good_token: str,
-                                                                    limit_redis: redis.Redis) -> None:
+def test_failures_from_one_address_get_429_then_the_window_reopens(
+    app: Any, good_token: str, limit_redis: redis.Redis
+) -> None:
     client = app.test_client()
     attacker, neighbour = "192.0.2.10", "192.0.2.11"
     bad = ["", "not-a-token", good_token[:-4], "Bearer " + good_token + "x"]
@@ -76,8 +80,11 @@ def test_failures_from_one_address_get_429_then_the_window_reopens(app: Any, goo
 
     refused = get(client, attacker, "still-guessing")
     assert refused.status_code == 429
-    assert refused.get_json() == {"Result": "Failure", "Data": {"retry_after_s": refused.json["Data"]["retry_after_s"]},
-                                  "Message": TOO_MANY_FAILURES}
+    assert refused.get_json() == {
+        "Result": "Failure",
+        "Data": {"retry_after_s": refused.json["Data"]["retry_after_s"]},
+        "Message": TOO_MANY_FAILURES,
+    }
     retry_after = int(refused.headers["Retry-After"])
     assert 1 <= retry_after <= WINDOW_S + 1
     assert refused.json["Data"]["retry_after_s"] == retry_after
@@ -113,8 +120,9 @@ def test_successful_requests_never_count(app: Any, good_token: str) -> None:
 
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(app: Any) -> None:
     client = app.test_client()
-    codes = [get(client, "192.0.2.30", "bad", **{"X-Forwarded-For": f"198.51.100.{i}"}).status_code
-             for i in range(LIMIT + 1)]
+    codes = [
+        get(client, "192.0.2.30", "bad", **{"X-Forwarded-For": f"198.51.100.{i}"}).status_code for i in range(LIMIT + 1)
+    ]
     assert codes == [401] * LIMIT + [429]  # rotating the header does not dodge the limit
 
 

@@ -14,8 +14,24 @@ from hypothesis import strategies as st
 from api.envelope import ApiError
 from api.requests import server_path
 
-COMPONENTS = ["a", "b", "..", ".", "", "in-link", "out-link", "loop", "up", "dangling", "new", "x.dcm",
-              "\x00", "..\\..", "~", "😀"]
+COMPONENTS = [
+    "a",
+    "b",
+    "..",
+    ".",
+    "",
+    "in-link",
+    "out-link",
+    "loop",
+    "up",
+    "dangling",
+    "new",
+    "x.dcm",
+    "\x00",
+    "..\\..",
+    "~",
+    "😀",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +56,14 @@ def _inside(path: str, root: Path) -> bool:
 
 
 @settings(max_examples=300, deadline=None)
-@given(start=st.sampled_from(["root", "outside", "base", "/"]),
-       parts=st.lists(st.sampled_from(COMPONENTS), max_size=8),
-       noise=st.text(max_size=6))
+@given(
+    start=st.sampled_from(["root", "outside", "base", "/"]),
+    parts=st.lists(st.sampled_from(COMPONENTS), max_size=8),
+    noise=st.text(max_size=6),
+)
 def test_property_a_returned_path_is_resolved_and_inside_the_roots(
-        layout: dict[str, Path], start: str, parts: list[str], noise: str) -> None:
+    layout: dict[str, Path], start: str, parts: list[str], noise: str
+) -> None:
     prefix = "/" if start == "/" else str(layout[start])
     value = "/".join([prefix, *parts, noise]) if noise else "/".join([prefix, *parts])
     root = layout["root"]

@@ -45,8 +45,10 @@ def test_tiny_corpus_files_are_valid_dicom_with_their_own_patients(tmp_path: Pat
 
 def test_ratios_compare_each_figure_with_its_target() -> None:
     results: dict[str, Any] = {
-        "floor_demo": {"files_per_s": 2.0}, "in_process_demo": {"files_per_s": 1.8},
-        "service_demo_c1": {"files_per_s": 1.71}, "service_demo_c2": {"files_per_s": 2.5},
+        "floor_demo": {"files_per_s": 2.0},
+        "in_process_demo": {"files_per_s": 1.8},
+        "service_demo_c1": {"files_per_s": 1.71},
+        "service_demo_c2": {"files_per_s": 2.5},
         "single_service_demo": {"p50_ms": 560.0, "p95_ms": 600.0, "overhead_p50_ms": 60.0, "overhead_p95_ms": 90.0},
         "big_job": {"api_rss_peak_mib": 120.0, "redis_growth_after_expiry_mib": 0.2, "callback_s": 3.5},
     }

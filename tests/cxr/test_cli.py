@@ -12,8 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_cxr(*args, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CXR_TF_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "cxr", *args], cwd=ROOT, env=env, capture_output=True, check=False,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cxr", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_infer_folder_reports_processed_skipped_and_writes_the_summary(tmp_path, phantom_dir):

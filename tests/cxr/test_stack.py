@@ -92,8 +92,9 @@ def banner_api(text: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("value", ["admin", "admin:", "admin:short", ":longenoughpassword",
-                                   "ops:longenoughpassword,admin:"])
+@pytest.mark.parametrize(
+    "value", ["admin", "admin:", "admin:short", ":longenoughpassword", "ops:longenoughpassword,admin:"]
+)
 def test_flower_never_starts_with_weak_or_no_credentials(value: str) -> None:
     with pytest.raises(StackError, match="FLOWER_BASIC_AUTH"):
         flower_auth({"FLOWER_BASIC_AUTH": value})
@@ -108,8 +109,15 @@ def test_flower_credentials_are_generated_or_taken_as_given() -> None:
 
 def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None:
     url = f"redis://:launcher-pw-{os.getpid()}@127.0.0.1:{free_ports(1)[0]}/0"  # nothing listens there
-    done = subprocess.run([sys.executable, "-m", "cxr.stack", "--var", str(tmp_path)], cwd=ROOT,
-                          env=dict(os.environ, REDIS_URL=url), capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "cxr.stack", "--var", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ, REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert "does not answer PING" in done.stderr
     assert f"launcher-pw-{os.getpid()}" not in done.stdout + done.stderr
@@ -117,20 +125,44 @@ def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None
 
 def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     api_port, flower_port = free_ports(2)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CXR_JWT_SECRET", "CXR_JWT_SECRET_FILE", "CXR_DATA_ROOTS", "FLOWER_BASIC_AUTH",
-                        "CXR_HOST", "CXR_VAR_DIR")}
-    env.update(REDIS_URL=REDIS_URL, CXR_PORT=str(api_port), FLOWER_PORT=str(flower_port),
-               CXR_WORKER_CONCURRENCY="1", CXR_API_WORKERS="1", CXR_TF_THREADS="1", PYTHONUNBUFFERED="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "CXR_JWT_SECRET",
+            "CXR_JWT_SECRET_FILE",
+            "CXR_DATA_ROOTS",
+            "FLOWER_BASIC_AUTH",
+            "CXR_HOST",
+            "CXR_VAR_DIR",
+        )
+    }
+    env.update(
+        REDIS_URL=REDIS_URL,
+        CXR_PORT=str(api_port),
+        FLOWER_PORT=str(flower_port),
+        CXR_WORKER_CONCURRENCY="1",
+        CXR_API_WORKERS="1",
+        CXR_TF_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     stderr_path = tmp_path / "launcher.stderr"
     marks = [str(tmp_path), f"127.0.0.1:{api_port}", f"--port={flower_port}"]
     lines: queue.Queue[str | None] = queue.Queue()
     started = time.monotonic()
 
     with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "cxr.stack", "--var", str(tmp_path), "--demo-size", "256"],
-                                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=stderr, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cxr.stack", "--var", str(tmp_path), "--demo-size", "256"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -141,8 +173,10 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
     threading.Thread(target=pump, daemon=True).start()
 
     def diagnostics() -> str:
-        logs = "".join(f"\n--- {p.name} (tail) ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-                       for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
+        logs = "".join(
+            f"\n--- {p.name} (tail) ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+            for p in sorted((tmp_path / "run" / "logs").glob("*.log"))
+        )
         return f"\n--- launcher stderr ---\n{stderr_path.read_text(errors='replace')}{logs}"
 
     try:
@@ -154,15 +188,17 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             try:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"step 1 (banner): not complete after {BANNER_TIMEOUT_S:.0f} s; "
-                                     f"got {banner}{diagnostics()}") from None
+                raise AssertionError(
+                    f"step 1 (banner): not complete after {BANNER_TIMEOUT_S:.0f} s; got {banner}{diagnostics()}"
+                ) from None
             assert line is not None, f"step 1 (banner): launcher exited {proc.wait()} first{diagnostics()}"
             rules += line.startswith("====")
             banner.append(line)
         text = "\n".join(banner)
         assert "NOT FOR CLINICAL USE" in text, f"step 1 (banner): no clinical-use warning in\n{text}"
-        assert f"CXR_JWT_SECRET_FILE={tmp_path / 'run' / 'jwt-secret'}" in text, \
+        assert f"CXR_JWT_SECRET_FILE={tmp_path / 'run' / 'jwt-secret'}" in text, (
             f"step 1 (banner): the token command does not name the generated secret\n{text}"
+        )
         assert (tmp_path / "run" / "jwt-secret").stat().st_mode & 0o777 == 0o600, "step 1: jwt-secret is not 0600"
 
         # 2. The curl line, run exactly as printed.
@@ -186,17 +222,21 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         for path in ("/", "/api/workers", "/api/tasks", "/tasks"):
             for wrong in (None, f"{user}:", f"{user}:{password}x", f"other:{password}"):
                 assert http_status(flower_url + path, wrong) == 401, f"step 3 (flower): {path} answered {wrong!r}"
-        assert http_status(flower_url + "/", f"{user}:{password}") == 200, \
+        assert http_status(flower_url + "/", f"{user}:{password}") == 200, (
             f"step 3 (flower): printed credentials refused{diagnostics()}"
+        )
 
         # A single inference too: its answer carries the patient's name, which no log may.
-        token = next(arg.removeprefix("Authorization: ") for arg in shlex.split(curl[0])
-                     if arg.startswith("Authorization: "))
+        token = next(
+            arg.removeprefix("Authorization: ") for arg in shlex.split(curl[0]) if arg.startswith("Authorization: ")
+        )
         demo_file = min((tmp_path / "demo-input").glob("*.dcm"))
         request = urllib.request.Request(
-            banner_api(text) + "/single_inference", method="POST",
+            banner_api(text) + "/single_inference",
+            method="POST",
             data=json.dumps({"input_image_path": str(demo_file), "save_to_disk": False}).encode(),
-            headers={"Authorization": token, "Content-Type": "application/json"})
+            headers={"Authorization": token, "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as resp:
             single = json.loads(resp.read())
         assert single["Data"]["metadata"]["patient_name"] == str(pydicom.dcmread(demo_file).PatientName)
@@ -206,8 +246,9 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         try:
             code = proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"step 4 (stop): still running {STOP_TIMEOUT_S:.0f} s after SIGTERM"
-                                 f"{diagnostics()}") from None
+            raise AssertionError(
+                f"step 4 (stop): still running {STOP_TIMEOUT_S:.0f} s after SIGTERM{diagnostics()}"
+            ) from None
         assert code == 0, f"step 4 (stop): exit status {code}{diagnostics()}"
         assert refuses(api_port), f"step 4 (stop): API port {api_port} still accepts connections"
         assert refuses(flower_port), f"step 4 (stop): Flower port {flower_port} still accepts connections"
@@ -215,16 +256,27 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         assert not left, f"step 4 (stop): processes left behind: {left}"
 
         # 5. No log holds the JWT secret, a token, the Flower password or a patient's name.
-        logs = {p.name: p.read_text(encoding="utf-8", errors="replace")
-                for p in sorted((tmp_path / "run" / "logs").glob("*.log"))}
+        logs = {
+            p.name: p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted((tmp_path / "run" / "logs").glob("*.log"))
+        }
         assert {"api.log", "worker.log", "flower.log"} <= set(logs), f"step 5 (logs): {sorted(logs)}"
         assert "POST /single_inference" in logs["api.log"], "step 5 (logs): no access log in api.log"
         names = {str(pydicom.dcmread(f).PatientName) for f in (tmp_path / "demo-input").glob("*.dcm")}
         parts = {part for name in names for part in re.split(r"[\^ ]", name) if len(part) >= 4}
-        forbidden = {"JWT secret": (tmp_path / "run" / "jwt-secret").read_text().strip(), "token": token,
-                     "a JWT": "eyJ", "Flower password": password, **{f"patient name {n}": n for n in names | parts}}
-        leaks = [f"{what} in {name}" for name, log_text in logs.items() for what, value in forbidden.items()
-                 if value in log_text]
+        forbidden = {
+            "JWT secret": (tmp_path / "run" / "jwt-secret").read_text().strip(),
+            "token": token,
+            "a JWT": "eyJ",
+            "Flower password": password,
+            **{f"patient name {n}": n for n in names | parts},
+        }
+        leaks = [
+            f"{what} in {name}"
+            for name, log_text in logs.items()
+            for what, value in forbidden.items()
+            if value in log_text
+        ]
         assert not leaks, f"step 5 (logs): {leaks}"
         print(f"stack test: {time.monotonic() - started:.1f} s")
     finally:

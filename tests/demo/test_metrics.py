@@ -16,9 +16,7 @@ def test_auroc_matches_pair_counting():
     y = rng.integers(0, 2, 200)
     s = np.round(rng.random(200), 2)  # ties on purpose
     pos, neg = s[y == 1], s[y == 0]
-    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (
-        pos[:, None] == neg[None, :]
-    ).mean()
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
     assert auroc(y, s) == pytest.approx(pairs)
 
 

@@ -26,11 +26,7 @@ def test_each_condition_is_drawn_and_localized_ones_have_a_box(k):
     normal = make_phantom(5, 1, size=192, labels=np.zeros(len(LABELS), np.float32))
     sick = make_phantom(5, 1, size=192, labels=labels)
     assert sick.findings == [LABELS[k]]
-    assert (
-        sick.image.dtype == np.float32
-        and sick.image.min() >= 0
-        and sick.image.max() <= 1
-    )
+    assert sick.image.dtype == np.float32 and sick.image.min() >= 0 and sick.image.max() <= 1
     # Same anatomy stream, so the difference is the signature (plus its rng draws).
     assert np.abs(sick.image - normal.image).mean() > 0.002
     if LABELS[k] in LOCALIZED:
@@ -64,20 +60,14 @@ def test_written_dicom_reads_back_to_the_phantom(tmp_path, index):
     corr = np.corrcoef(image.pixels.ravel(), phantom.image.ravel())[0, 1]
     assert corr > 0.995
     if spec.windowed:
-        assert (
-            np.abs(image.pixels - phantom.image).max()
-            <= 1.0 / (1 << spec.bits_stored) + 1e-3
-        )
+        assert np.abs(image.pixels - phantom.image).max() <= 1.0 / (1 << spec.bits_stored) + 1e-3
 
 
 def test_cli_phantoms_index_lists_findings(phantom_dir):
     index = json.loads((phantom_dir / "phantoms.json").read_text())
     assert len(index) == 8
     syntaxes = {r["transfer_syntax"] for r in index}
-    assert (
-        any("JPEG 2000" in s for s in syntaxes)
-        and "Explicit VR Little Endian" in syntaxes
-    )
+    assert any("JPEG 2000" in s for s in syntaxes) and "Explicit VR Little Endian" in syntaxes
     assert {r["photometric"] for r in index} == {"MONOCHROME1", "MONOCHROME2"}
     for r in index:
         assert (phantom_dir / r["file"]).is_file()

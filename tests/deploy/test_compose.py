@@ -157,8 +157,9 @@ def documented_settings() -> set[str]:
 def installed_package_text(package: str) -> str:
     module = __import__(package)
     assert module.__file__
-    return "\n".join(p.read_text(encoding="utf-8", errors="replace")
-                     for p in Path(module.__file__).parent.rglob("*.py"))
+    return "\n".join(
+        p.read_text(encoding="utf-8", errors="replace") for p in Path(module.__file__).parent.rglob("*.py")
+    )
 
 
 # -- parsing and images -------------------------------------------------------------------
@@ -170,8 +171,9 @@ def test_compose_files_parse_with_the_expected_services() -> None:
 
 
 @pytest.mark.parametrize(("file", "name", "svc"), all_services(), ids=lambda v: v if isinstance(v, str) else "")
-def test_each_service_builds_from_our_dockerfile_or_uses_a_known_image(file: str, name: str,
-                                                                      svc: dict[str, Any]) -> None:
+def test_each_service_builds_from_our_dockerfile_or_uses_a_known_image(
+    file: str, name: str, svc: dict[str, Any]
+) -> None:
     dockerfile = dockerfile_of(svc)
     if dockerfile is None:
         assert svc.get("image") in KNOWN_IMAGES, f"{file} {name}: unknown image {svc.get('image')!r}"
@@ -201,7 +203,9 @@ def check_module_attr(ref: str) -> None:
     """``package.module`` or ``package.module:attr`` (``attr()`` is called by gunicorn)."""
     module_name, _, attr = ref.partition(":")
     module = __import__(module_name, fromlist=["_"])
-    assert module.__file__ and Path(module.__file__).resolve().is_relative_to(ROOT), f"{module_name} is not the project's"
+    assert module.__file__ and Path(module.__file__).resolve().is_relative_to(ROOT), (
+        f"{module_name} is not the project's"
+    )
     if attr.endswith("()"):
         assert callable(getattr(module, attr.removesuffix("()"))), ref
     elif attr:
@@ -232,9 +236,11 @@ def worker_script_commands() -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize(("file", "name", "svc"),
-                         [s for s in all_services() if dockerfile_of(s[2])],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("file", "name", "svc"),
+    [s for s in all_services() if dockerfile_of(s[2])],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_every_command_exists_in_its_image(file: str, name: str, svc: dict[str, Any]) -> None:
     dockerfile = dockerfile_of(svc)
     assert dockerfile
@@ -244,8 +250,10 @@ def test_every_command_exists_in_its_image(file: str, name: str, svc: dict[str, 
     commands = [args]
     if args[0] == "cxr-worker":
         commands = worker_script_commands()
-        assert [c[:4] for c in commands] == [["python", "-m", "workers.gpu", "concurrency"],
-                                             ["celery", "-A", "workers.app", "worker"]]
+        assert [c[:4] for c in commands] == [
+            ["python", "-m", "workers.gpu", "concurrency"],
+            ["celery", "-A", "workers.app", "worker"],
+        ]
     for command in commands:
         assert command[0] in programs, f"{file} {name}: {command[0]!r} not in {dockerfile}"
         for ref in command_modules(command):
@@ -256,11 +264,23 @@ def test_every_command_exists_in_its_image(file: str, name: str, svc: dict[str, 
 
 def test_worker_entrypoint_prints_a_concurrency() -> None:
     """The entrypoint's first step, run for real: no GPU here, two cores allowed."""
-    out = subprocess.run([sys.executable, "-m", "workers.gpu", "concurrency"], cwd=ROOT, capture_output=True,
-                         text=True, check=True, env={"PATH": "/usr/bin:/bin", "CXR_WORKER_CONCURRENCY": "3"})
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.gpu", "concurrency"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "CXR_WORKER_CONCURRENCY": "3"},
+    )
     assert out.stdout.strip() == "3"
-    bad = subprocess.run([sys.executable, "-m", "workers.gpu", "concurrency"], cwd=ROOT, capture_output=True,
-                         text=True, env={"PATH": "/usr/bin:/bin", "CXR_WORKER_CONCURRENCY": "0"}, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "workers.gpu", "concurrency"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "CXR_WORKER_CONCURRENCY": "0"},
+        check=False,
+    )
     assert bad.returncode == 2 and "at least 1" in bad.stderr
 
 
@@ -277,8 +297,13 @@ def wheel_contents(sources: tuple[str, ...]) -> frozenset[str]:
                 shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy(ROOT / src, target)
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", f"{tmp}/wheel",
-                                str(context)], capture_output=True, text=True, timeout=240, check=False)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", f"{tmp}/wheel", str(context)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
         assert built.returncode == 0, built.stderr[-2000:]
         (wheel,) = Path(tmp, "wheel").glob("*.whl")
         return frozenset(zipfile.ZipFile(wheel).namelist())
@@ -288,8 +313,9 @@ def wheel_contents(sources: tuple[str, ...]) -> frozenset[str]:
 def test_image_installs_the_project_from_what_it_copies(dockerfile: str) -> None:
     """Build the wheel from exactly the Dockerfile's COPY sources (as `pip install .` does
     in the image): the modules the commands name and the package data must be in it."""
-    ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")]
+    ignored = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     sources: list[str] = []
     for srcs, dest in copies(dockerfile):
         for src in srcs:
@@ -297,16 +323,29 @@ def test_image_installs_the_project_from_what_it_copies(dockerfile: str) -> None
             if not dest.startswith("/opt/"):  # the entrypoint is checked above
                 sources.append(src)
     names = wheel_contents(tuple(sorted(sources)))
-    modules = [str(path.relative_to(ROOT)) for pkg in ("api", "workers", "engine", "inference", "reports", "cxr", "demo")
-               for path in (ROOT / pkg).rglob("*.py") if "__pycache__" not in path.parts]
-    for needed in (*modules, "celeryconfig.py", "inference/bundles/demo/model.keras",
-                   "inference/bundles/demo/manifest.json", "reports/fonts/DejaVuSans.ttf"):
+    modules = [
+        str(path.relative_to(ROOT))
+        for pkg in ("api", "workers", "engine", "inference", "reports", "cxr", "demo")
+        for path in (ROOT / pkg).rglob("*.py")
+        if "__pycache__" not in path.parts
+    ]
+    for needed in (
+        *modules,
+        "celeryconfig.py",
+        "inference/bundles/demo/model.keras",
+        "inference/bundles/demo/manifest.json",
+        "reports/fonts/DejaVuSans.ttf",
+    ):
         assert needed in names, f"{dockerfile}: the installed project lacks {needed}"
 
 
 def test_gpu_image_gets_the_cuda_build_and_never_tensorflow_cpu() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "docker/requirements.py"), "--without-tensorflow",
-                          str(ROOT / "pyproject.toml")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "docker/requirements.py"), "--without-tensorflow", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() and not re.search(r"^tensorflow", out, re.MULTILINE | re.IGNORECASE), out
     assert "celery[redis]" in out and "flask" in out
     gpu = " ".join(dockerfile_lines("docker/Dockerfile.gpu"))
@@ -323,8 +362,11 @@ def test_images_cache_dependencies_run_unprivileged_and_hold_no_secrets(dockerfi
     copied = [i for i, ln in enumerate(lines) if ln.startswith("COPY ") and "--from" not in ln]
     deps_step = next(i for i, ln in enumerate(lines) if "pip install" in ln and "requirements.txt" in ln)
     # Only pyproject.toml and the requirements script come before the dependency layer.
-    assert all(copies(dockerfile)[k][0] == ["pyproject.toml", "docker/requirements.py"]
-               for k, i in enumerate(copied) if i < deps_step)
+    assert all(
+        copies(dockerfile)[k][0] == ["pyproject.toml", "docker/requirements.py"]
+        for k, i in enumerate(copied)
+        if i < deps_step
+    )
     final = stages(dockerfile)[-1]
     assert any(ln.startswith("COPY --from=build /opt/cxr /opt/cxr") for ln in final)
     assert [ln for ln in final if ln.startswith("USER ")] == ["USER cxr"]
@@ -381,8 +423,9 @@ def test_flower_asks_for_basic_auth_from_an_env_file() -> None:
     example = (ROOT / "docker/flower.env.example").read_text()
     assert re.search(r"^FLOWER_BASIC_AUTH=\S+:\S+$", example, re.MULTILINE)
     flower_code = installed_package_text("flower")
-    assert "ENV_VAR_PREFIX = 'FLOWER_'" in flower_code and "define(\"basic_auth\"" in flower_code, \
+    assert "ENV_VAR_PREFIX = 'FLOWER_'" in flower_code and 'define("basic_auth"' in flower_code, (
         "Flower reads its basic_auth option from FLOWER_BASIC_AUTH"
+    )
     assert "--broker" not in " ".join(argv(flower["command"])), "no password on a command line"
     assert env_of(flower)["CELERY_BROKER_URL"] == env_of(services(MAIN)["api"])["REDIS_URL"]
 
@@ -454,8 +497,9 @@ def substituted(value: str) -> str:
     return re.sub(r"\$\{[A-Z0-9_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, auth: str | None = None,
-              timeout: float = 60.0) -> int:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, auth: str | None = None, timeout: float = 60.0
+) -> int:
     """The first HTTP status the server answers with (basic ``auth`` if given)."""
     import base64
     import urllib.error
@@ -494,16 +538,18 @@ def wait_http_token(url: str, token: str) -> int:
         return int(exc.code)
 
 
-def start_service(name: str, svc: dict[str, Any], env: dict[str, str], tmp_path: Path,
-                  replace: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+def start_service(
+    name: str, svc: dict[str, Any], env: dict[str, str], tmp_path: Path, replace: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path]:
     """The service's command, its programs taken from this venv, run from a folder outside
     the repository as in the image (the project from this checkout, as for the workers)."""
     args = [replace.get(a, a) for a in argv(svc["command"])]
     args[0] = str(Path(sys.executable).parent / args[0])
     log = tmp_path / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return proc, log
 
 
@@ -517,15 +563,25 @@ def test_api_and_flower_start_as_the_compose_file_runs_them(tmp_path: Path) -> N
     main = services(MAIN)
     redis_url = redis_db_url("compose")  # this module's and tests/workers/test_gpu.py's database, flushed
     redis.Redis.from_url(redis_url).flushdb()
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONPATH": str(ROOT)}
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": str(ROOT),
+    }
 
     api_env = {k: substituted(v) for k, v in env_of(main["api"]).items()}
     secret = tmp_path / "jwt-secret"
     secret.write_text("s" * 48 + "\n")
     api_port, flower_port = free_port(), free_port()
-    api_env.update(base, REDIS_URL=redis_url, CXR_JWT_SECRET_FILE=str(secret), CXR_HOST="127.0.0.1",
-                   CXR_PORT=str(api_port), CXR_API_WORKERS="1")
+    api_env.update(
+        base,
+        REDIS_URL=redis_url,
+        CXR_JWT_SECRET_FILE=str(secret),
+        CXR_HOST="127.0.0.1",
+        CXR_PORT=str(api_port),
+        CXR_API_WORKERS="1",
+    )
     assert api_env["CXR_ENV"] == "production"  # so the secret file and data roots are really required
     api, api_log = start_service("api", main["api"], api_env, tmp_path, {})
 
@@ -534,8 +590,9 @@ def test_api_and_flower_start_as_the_compose_file_runs_them(tmp_path: Path) -> N
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             flower_env[key] = value
-    flower, flower_log = start_service("flower", main["flower"], flower_env, tmp_path,
-                                       {"--port=5555": f"--port={flower_port}"})
+    flower, flower_log = start_service(
+        "flower", main["flower"], flower_env, tmp_path, {"--port=5555": f"--port={flower_port}"}
+    )
     try:
         assert wait_http(f"http://127.0.0.1:{api_port}/ping", api, api_log) == 200
         # A token signed with the secret file's content is accepted: the API read the Docker secret.

@@ -63,8 +63,7 @@ def netns_unavailable(reason: str) -> None:
     message = f"network namespaces could not be made, so the multi-host test did not run: {reason}"
     if os.environ.get("CXR_SKIP_NETNS", "").strip() == "1":
         pytest.skip(message + " (CXR_SKIP_NETNS=1)")
-    pytest.fail(message + ". It needs root and iproute2 (`ip netns`, veth); CXR_SKIP_NETNS=1 opts out.",
-                pytrace=False)
+    pytest.fail(message + ". It needs root and iproute2 (`ip netns`, veth); CXR_SKIP_NETNS=1 opts out.", pytrace=False)
 
 
 @dataclass
@@ -94,23 +93,50 @@ class Hosts:
         """A veth pair between Redis's namespace and ``role``'s; returns (redis side, host side) addresses."""
         redis_end, host_end = self.link_name(role, "r"), self.link_name(role, "h")
         redis_ip, host_ip = f"{SUBNET}.{octet}.1", f"{SUBNET}.{octet}.2"
-        sh("ip", "link", "add", redis_end, "netns", self.ns("redis"), "type", "veth",
-           "peer", "name", host_end, "netns", self.ns(role))
+        sh(
+            "ip",
+            "link",
+            "add",
+            redis_end,
+            "netns",
+            self.ns("redis"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            host_end,
+            "netns",
+            self.ns(role),
+        )
         for ns, dev, ip in ((self.ns("redis"), redis_end, redis_ip), (self.ns(role), host_end, host_ip)):
             sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
         return redis_ip, host_ip
 
-    def start(self, name: str, role: str, argv: list[str], env: dict[str, str], log: Path,
-              hostname: str | None = None, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        role: str,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        hostname: str | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]:
         prefix = ["ip", "netns", "exec", self.ns(role)]
         if hostname:  # its own UTS namespace: %h, and so the node name, is this host's name
             prefix += ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
         out = log.open("wb")
         self.logs.append(out)
-        proc = subprocess.Popen(prefix + argv, cwd=ROOT, env=env, stdin=stdin,
-                                stdout=subprocess.PIPE if stdin == subprocess.PIPE else out,
-                                stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            prefix + argv,
+            cwd=ROOT,
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.PIPE if stdin == subprocess.PIPE else out,
+            stderr=out,
+            start_new_session=True,
+        )
         self.procs.append((name, proc))
         return proc
 
@@ -200,11 +226,14 @@ def task_finished(log: Path, task_id: str, text: str | None = None) -> bool:
 def redelivery_bound_s(env: dict[str, str]) -> tuple[float, float]:
     """(visibility timeout, longest wait for the restore sweep) as celeryconfig sets them
     with the workers' environment; kombu's defaults where celeryconfig leaves them."""
-    code = ("import celeryconfig as c, json; o = c.broker_transport_options; "
-            "print(json.dumps([c.visibility_timeout, o.get('unacked_restore_interval', 10) "
-            "* o.get('unacked_restore_throttle', 10)]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import celeryconfig as c, json; o = c.broker_transport_options; "
+        "print(json.dumps([c.visibility_timeout, o.get('unacked_restore_interval', 10) "
+        "* o.get('unacked_restore_throttle', 10)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
     visibility, sweep = json.loads(out)
     return float(visibility), float(sweep)
 
@@ -233,40 +262,108 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
         hosts.add_namespace(role)
     links = {role: hosts.link(role, octet) for role, octet in (("api", 1), ("w1", 2), ("w2", 3))}
     redis_port = 6379  # Redis's own namespace: nothing else listens there
-    hosts.start("redis", "redis", ["redis-server", "--bind", *(r for r, _ in links.values()),
-                                   "--port", str(redis_port), "--save", "", "--appendonly", "no",
-                                   "--protected-mode", "no"], dict(os.environ), logs / "redis.log")
+    hosts.start(
+        "redis",
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            *(r for r, _ in links.values()),
+            "--port",
+            str(redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+        dict(os.environ),
+        logs / "redis.log",
+    )
 
     def url(role: str) -> str:
         return f"redis://{links[role][0]}:{redis_port}/0"
 
     api_port = free_port()
-    api_env = worker_env(url("api"), CXR_HOST="127.0.0.1", CXR_PORT=str(api_port), CXR_API_WORKERS="1",
-                         CXR_API_THREADS="4", CXR_JWT_SECRET=SECRET, CXR_DATA_ROOTS=str(shared),
-                         CXR_POLL_INTERVAL_S="0.2")
-    hosts.start("api", "api", [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
-                               "api:create_app()"], api_env, logs / "api.log")
-    client = Client(hosts.start("client", "api", [sys.executable, str(ROOT / "tests/deploy/netns_client.py")],
-                                api_env, logs / "client.log", stdin=subprocess.PIPE))
+    api_env = worker_env(
+        url("api"),
+        CXR_HOST="127.0.0.1",
+        CXR_PORT=str(api_port),
+        CXR_API_WORKERS="1",
+        CXR_API_THREADS="4",
+        CXR_JWT_SECRET=SECRET,
+        CXR_DATA_ROOTS=str(shared),
+        CXR_POLL_INTERVAL_S="0.2",
+    )
+    hosts.start(
+        "api",
+        "api",
+        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+        api_env,
+        logs / "api.log",
+    )
+    client = Client(
+        hosts.start(
+            "client",
+            "api",
+            [sys.executable, str(ROOT / "tests/deploy/netns_client.py")],
+            api_env,
+            logs / "client.log",
+            stdin=subprocess.PIPE,
+        )
+    )
 
     node = {}
     for role, host in (("w1", f"cxr-host1-{hosts.suffix}"), ("w2", f"cxr-host2-{hosts.suffix}")):
         env = worker_env(url(role), CXR_TASK_HARD_LIMIT_S=HARD_LIMIT_S, CXR_VISIBILITY_TIMEOUT_S=VISIBILITY_S)
         node[role] = f"cxr@{host}"
-        hosts.start(role, role, [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q",
-                                 "inference,celery", "-c", "1", "-n", "cxr@%h", "--loglevel=INFO",
-                                 "--without-mingle", "--without-gossip"], env, logs / f"{role}.log", hostname=host)
+        hosts.start(
+            role,
+            role,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                "inference,celery",
+                "-c",
+                "1",
+                "-n",
+                "cxr@%h",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env,
+            logs / f"{role}.log",
+            hostname=host,
+        )
     visibility_s, sweep_s = redelivery_bound_s(env)
 
     wait_for("the API", lambda: client.http("GET", "/ping")["status"] == 200, START_TIMEOUT_S, logs)
     token = client.ask(op="token")["token"]
-    wait_for("both worker hosts to answer /health", lambda: set(node.values()) <= set(
-        (client.http("GET", "/health", token)["json"] or {}).get("Data", {}).get("workers", [])),
-        START_TIMEOUT_S, logs, interval=1.0)
+    wait_for(
+        "both worker hosts to answer /health",
+        lambda: (
+            set(node.values())
+            <= set((client.http("GET", "/health", token)["json"] or {}).get("Data", {}).get("workers", []))
+        ),
+        START_TIMEOUT_S,
+        logs,
+        interval=1.0,
+    )
 
     # 1. Both hosts take part in one job.
-    first = client.http("POST", "/bulk_inference", token, {
-        "input_folder_path": str(shared / "job1"), "output_folder_path": str(shared / "out1"), "wait": False})
+    first = client.http(
+        "POST",
+        "/bulk_inference",
+        token,
+        {"input_folder_path": str(shared / "job1"), "output_folder_path": str(shared / "out1"), "wait": False},
+    )
     assert first["status"] == 202, first
     job1 = first["json"]["Data"]["job_id"]
     seen: dict[int, dict[str, Any]] = {}
@@ -284,18 +381,24 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
 
     # 2. The second host's link is cut mid-job; the first host finishes everything.
     seen.clear()
-    second = client.http("POST", "/bulk_inference", token, {
-        "input_folder_path": str(shared / "job2"), "output_folder_path": str(shared / "out2"), "wait": False})
+    second = client.http(
+        "POST",
+        "/bulk_inference",
+        token,
+        {"input_folder_path": str(shared / "job2"), "output_folder_path": str(shared / "out2"), "wait": False},
+    )
     assert second["status"] == 202, second
     job2 = second["json"]["Data"]["job_id"]
-    wait_for(f"{CUT_AFTER} files of job 2", lambda: len(client.file_records(job2)) >= CUT_AFTER, 120, logs,
-             interval=0.2)
+    wait_for(
+        f"{CUT_AFTER} files of job 2", lambda: len(client.file_records(job2)) >= CUT_AFTER, 120, logs, interval=0.2
+    )
     # Cut while the second host is in the middle of a file (it just received it): that
     # file's message is then unacknowledged in Redis and must come back to the first
     # host. (Cut between two files, a message Redis already popped for the host would be
     # lost on the way: Kombu's Redis transport has no acknowledgement for that step.)
-    held = wait_for("the second host to start a file of job 2", lambda: fresh_task(logs / "w2.log", job2), 60,
-                    logs, interval=0.02)
+    held = wait_for(
+        "the second host to start a file of job 2", lambda: fresh_task(logs / "w2.log", job2), 60, logs, interval=0.02
+    )
     sh("ip", "-n", hosts.ns("w2"), "link", "set", hosts.link_name("w2", "h"), "down")
     cut_at = time.monotonic()
     # Read after the cut: nothing from the cut host can reach Redis any more, so every
@@ -304,8 +407,14 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
     seen.update(before_cut)
 
     bound = visibility_s + sweep_s + 3.0 * SECOND_JOB_FILES + 60.0
-    summary2 = wait_for(f"job 2 after the cut (bound {bound:.0f} s: visibility timeout {visibility_s:.0f} s, "
-                        f"restore sweep every {sweep_s:.0f} s)", lambda: job_done(job2), bound, logs, interval=1.0)
+    summary2 = wait_for(
+        f"job 2 after the cut (bound {bound:.0f} s: visibility timeout {visibility_s:.0f} s, "
+        f"restore sweep every {sweep_s:.0f} s)",
+        lambda: job_done(job2),
+        bound,
+        logs,
+        interval=1.0,
+    )
     recovered_s = time.monotonic() - cut_at
     assert summary2["status"] == "completed", summary2
     assert summary2["processed"] == SECOND_JOB_FILES and summary2["skipped"] == [], summary2
@@ -314,12 +423,18 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
     assert after_cut and {r["worker"] for r in after_cut.values()} == {node["w1"]}, after_cut
     assert not task_finished(logs / "w2.log", held), f"{held} finished on the cut host before the cut"
     w1_log = (logs / "w1.log").read_text(errors="replace")
-    assert f"cxr.infer_file[{held}] received" in w1_log and f"cxr.infer_file[{held}] succeeded" in w1_log, \
+    assert f"cxr.infer_file[{held}] received" in w1_log and f"cxr.infer_file[{held}] succeeded" in w1_log, (
         f"the file the cut host held ({held}) was not redelivered to the first host"
+    )
     assert recovered_s >= visibility_s - 1.0, "redelivered before the visibility timeout?"
     for folder in set(summary2["outputs"].values()):
         assert len(list(Path(folder).glob("*_report.pdf"))) == 1, folder
     summary_file = json.loads(Path(summary2["summary_file"]).read_text())
     assert summary_file["processed"] == SECOND_JOB_FILES
-    log.info("job 2 finished %.1f s after the cut (visibility timeout %.0f s, sweep every %.0f s); workers %s",
-             recovered_s, visibility_s, sweep_s, summary2["workers"])
+    log.info(
+        "job 2 finished %.1f s after the cut (visibility timeout %.0f s, sweep every %.0f s); workers %s",
+        recovered_s,
+        visibility_s,
+        sweep_s,
+        summary2["workers"],
+    )

@@ -26,8 +26,9 @@ def store() -> Iterator[JobStore]:
 
 
 def new_job(store: JobStore, job_id: str = "j1", files: int = 2) -> str:
-    store.create(job_id, paths=[f"/in/{i}.dcm" for i in range(files)], input_path="/in", output_path="/out",
-                 layout="patient")
+    store.create(
+        job_id, paths=[f"/in/{i}.dcm" for i in range(files)], input_path="/in", output_path="/out", layout="patient"
+    )
     return job_id
 
 
@@ -40,8 +41,7 @@ def test_first_delivery_processes(store: JobStore) -> None:
 def test_each_unrecorded_redelivery_is_one_death_until_the_cap(store: JobStore) -> None:
     job = new_job(store)
     actions = [decide_delivery(store, job, 0, path="/in/0.dcm", retries=0, max_deliveries=2) for _ in range(4)]
-    assert [(d.action, d.deaths) for d in actions] == [("process", 0), ("process", 1), ("give_up", 2),
-                                                       ("recorded", 0)]
+    assert [(d.action, d.deaths) for d in actions] == [("process", 0), ("process", 1), ("give_up", 2), ("recorded", 0)]
     record = store.file_records(job)[0]
     assert record["reason"] == "worker_lost" and "died 2 times" in record["detail"]
     assert store.progress(job).skipped == 1  # type: ignore[union-attr]
@@ -73,21 +73,33 @@ def test_a_finished_or_unknown_job_is_ignored(store: JobStore, finish: bool) -> 
 
 def test_failed_job_summary_has_the_shape_of_every_other_summary(store: JobStore) -> None:
     job = new_job(store, files=2)
-    store.record_file(job, 1, {"path": "/in/1.dcm", "status": "skipped", "reason": "unreadable_dicom",
-                               "detail": "empty file"})
+    store.record_file(
+        job, 1, {"path": "/in/1.dcm", "status": "skipped", "reason": "unreadable_dicom", "detail": "empty file"}
+    )
     store.fail(job, "broker down")
     summary = store.progress(job).summary  # type: ignore[union-attr]
     assert summary is not None
     assert summary["status"] == "failed" and summary["failure"] == "broker down"
-    assert summary["skipped"] == [{"path": "/in/0.dcm", "reason": "lost", "detail": "broker down"},
-                                  {"path": "/in/1.dcm", "reason": "unreadable_dicom", "detail": "empty file"}]
-    assert set(summary) >= {"job_id", "total", "processed", "superseded", "outputs", "timings", "workers",
-                            "summary_file"}
+    assert summary["skipped"] == [
+        {"path": "/in/0.dcm", "reason": "lost", "detail": "broker down"},
+        {"path": "/in/1.dcm", "reason": "unreadable_dicom", "detail": "empty file"},
+    ]
+    assert set(summary) >= {
+        "job_id",
+        "total",
+        "processed",
+        "superseded",
+        "outputs",
+        "timings",
+        "workers",
+        "summary_file",
+    }
 
 
 def test_worker_settings_from_a_mapping() -> None:
     assert WorkerSettings.from_env({}) == WorkerSettings(3, 120.0, 30.0)
-    assert WorkerSettings.from_env({"CXR_MAX_DELIVERIES": "0", "CXR_STALL_GRACE_S": "5",
-                                    "CXR_WATCHDOG_INTERVAL_S": " 1.5 "}) == WorkerSettings(1, 5.0, 1.5)
+    assert WorkerSettings.from_env(
+        {"CXR_MAX_DELIVERIES": "0", "CXR_STALL_GRACE_S": "5", "CXR_WATCHDOG_INTERVAL_S": " 1.5 "}
+    ) == WorkerSettings(1, 5.0, 1.5)
     with pytest.raises(ValueError, match="CXR_STALL_GRACE_S must be a number"):
         WorkerSettings.from_env({"CXR_STALL_GRACE_S": "soon"})

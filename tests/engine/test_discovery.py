@@ -50,8 +50,7 @@ def test_links_out_of_the_roots_are_refused_and_links_inside_followed(tree: dict
     (inp / "out-link.txt").symlink_to(outside / "secret.dcm")  # not a .dcm name: ignored
 
     found = discover_inputs(inp, [root])
-    assert found.files == sorted([str(inp / "a.dcm"), str(inp / "sub" / "B.DCM"),
-                                  str(root / "elsewhere" / "e.dcm")])
+    assert found.files == sorted([str(inp / "a.dcm"), str(inp / "sub" / "B.DCM"), str(root / "elsewhere" / "e.dcm")])
     assert [(r["path"], r["reason"]) for r in found.refused] == [
         (str(inp / "out-dir"), "outside_data_roots"),
         (str(inp / "out-file.dcm"), "outside_data_roots"),

@@ -15,13 +15,22 @@ TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4IiwiZXhwIjoxfQ.c2lnbmF0dXJlLWJ5dGVz"
 def test_secrets_come_from_every_place_this_process_holds_one(tmp_path: Path) -> None:
     secret_file = tmp_path / "jwt-secret"
     secret_file.write_text("from-the-secret-file\n")
-    found = secrets_from_env({
-        "CXR_JWT_SECRET": "jwt-secret-value", "CXR_JWT_SECRET_FILE": str(secret_file),
-        "FLOWER_BASIC_AUTH": "ops:flower-pass-1,audit:flower-pass-2",
-        "REDIS_URL": "redis://:redis-password@db:6379/0", "CXR_DATA_ROOTS": "/data",
-    })
-    assert set(found) == {"jwt-secret-value", "from-the-secret-file", "flower-pass-1", "flower-pass-2",
-                          "redis-password"}
+    found = secrets_from_env(
+        {
+            "CXR_JWT_SECRET": "jwt-secret-value",
+            "CXR_JWT_SECRET_FILE": str(secret_file),
+            "FLOWER_BASIC_AUTH": "ops:flower-pass-1,audit:flower-pass-2",
+            "REDIS_URL": "redis://:redis-password@db:6379/0",
+            "CXR_DATA_ROOTS": "/data",
+        }
+    )
+    assert set(found) == {
+        "jwt-secret-value",
+        "from-the-secret-file",
+        "flower-pass-1",
+        "flower-pass-2",
+        "redis-password",
+    }
     assert secrets_from_env({"CXR_JWT_SECRET": "abc", "REDIS_URL": "redis://db:6379/0"}) == []  # too short to mask
 
 
@@ -47,10 +56,21 @@ def test_tokens_and_secrets_are_masked_in_messages_and_tracebacks() -> None:
 
 
 def test_celery_success_line_keeps_everything_but_the_return_value() -> None:
-    context = {"id": "t1", "name": "cxr.infer_single", "runtime": 0.5,
-               "return_value": "{'metadata': {'patient_name': 'DOE^JANE'}}"}
-    record = logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1,
-                               "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s", (context,), None)
+    context = {
+        "id": "t1",
+        "name": "cxr.infer_single",
+        "runtime": 0.5,
+        "return_value": "{'metadata': {'patient_name': 'DOE^JANE'}}",
+    }
+    record = logging.LogRecord(
+        "celery.app.trace",
+        logging.INFO,
+        __file__,
+        1,
+        "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+        (context,),
+        None,
+    )
     record.data = context
     assert OmitTaskResults().filter(record)
     assert record.getMessage() == "Task cxr.infer_single[t1] succeeded in 0.5s: (result not logged)"

@@ -19,9 +19,7 @@ from engine.summary import summarise
 from inference.labels import LABELS
 
 
-def _write_phantom(
-    path, index, *, patient_id=None, acquisition=None, size=320, seed=31
-):
+def _write_phantom(path, index, *, patient_id=None, acquisition=None, size=320, seed=31):
     ds = phantom_dataset(
         make_phantom(seed, index, size=size),
         seed=seed,
@@ -36,9 +34,7 @@ def _write_phantom(
     return ds
 
 
-def test_processed_file_has_four_artifacts_in_the_api_layout(
-    tmp_path, phantom_dir, predictor
-):
+def test_processed_file_has_four_artifacts_in_the_api_layout(tmp_path, phantom_dir, predictor):
     src = sorted(phantom_dir.glob("*.dcm"))[1]  # JPEG 2000, MONOCHROME1
     ds = pydicom.dcmread(src)
     out = tmp_path / "out"
@@ -49,10 +45,7 @@ def test_processed_file_has_four_artifacts_in_the_api_layout(
     folder = out / pid
     assert record["folder"] == str(folder)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(
-        f"{pid}_{s}"
-        for s in ("predictions.json", "heatmap.png", "source_image.png", "report.pdf")
-    )
+    assert names == sorted(f"{pid}_{s}" for s in ("predictions.json", "heatmap.png", "source_image.png", "report.pdf"))
 
     doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
     assert [f["name"] for f in doc["findings"]] == list(LABELS)
@@ -60,11 +53,7 @@ def test_processed_file_has_four_artifacts_in_the_api_layout(
         assert 0 <= f["confidence"] <= 1
         assert f["presence"] == (f["confidence"] >= doc["thresholds"][f["name"]])
     present = {f["name"] for f in doc["findings"] if f["presence"]}
-    expected = (
-        "TB Presumptive"
-        if "Tuberculosis" in present
-        else ("Abnormal" if present else "Normal")
-    )
+    expected = "TB Presumptive" if "Tuberculosis" in present else ("Abnormal" if present else "Normal")
     assert doc["result"] == expected
     assert set(doc["metadata"]) == {
         "model_version",
@@ -77,13 +66,8 @@ def test_processed_file_has_four_artifacts_in_the_api_layout(
     assert all(isinstance(v, str) for v in doc["metadata"].values())
     assert doc["metadata"]["patient_id"] == pid
     assert doc["metadata"]["age"] == str(ds.PatientAge)
-    assert (
-        doc["model"]["demo"] is True
-        and "NOT FOR CLINICAL USE" in doc["model"]["intended_use"]
-    )
-    assert (
-        doc["heatmap"]["method"] == "grad-cam" and doc["heatmap"]["finding"] in LABELS
-    )
+    assert doc["model"]["demo"] is True and "NOT FOR CLINICAL USE" in doc["model"]["intended_use"]
+    assert doc["heatmap"]["method"] == "grad-cam" and doc["heatmap"]["finding"] in LABELS
     assert doc["heatmap"]["layer"] == predictor.bundle.gradcam_layer
     prov = doc["provenance"]
     assert prov["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.90"
@@ -109,9 +93,7 @@ def test_processed_file_has_four_artifacts_in_the_api_layout(
     assert predictor.bundle.name in text
 
 
-def test_broken_files_are_skipped_with_reasons_and_others_processed(
-    tmp_path, phantom_dir, predictor
-):
+def test_broken_files_are_skipped_with_reasons_and_others_processed(tmp_path, phantom_dir, predictor):
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(min(phantom_dir.glob("*.dcm")), inp / "good.DCM")
@@ -147,15 +129,10 @@ def test_same_patient_keeps_one_image_by_the_documented_rule(tmp_path, predictor
     inp, out = tmp_path / "in", tmp_path / "out"
     out.mkdir()
     _write_phantom(inp / "a.dcm", 0, patient_id="P1", acquisition="20260301120000")
-    newest = _write_phantom(
-        inp / "b.dcm", 1, patient_id="P1", acquisition="20260302080000"
-    )
+    newest = _write_phantom(inp / "b.dcm", 1, patient_id="P1", acquisition="20260302080000")
     _write_phantom(inp / "c.dcm", 2, patient_id="P1", acquisition="20260101090000")
     # Process in an order where the winner is neither first nor last.
-    records = [
-        process_file(inp / n, out, predictor, job_id="job-3")
-        for n in ("c.dcm", "b.dcm", "a.dcm")
-    ]
+    records = [process_file(inp / n, out, predictor, job_id="job-3") for n in ("c.dcm", "b.dcm", "a.dcm")]
     summary = summarise(records, job_id="job-3", total=3)
     assert summary["processed"] == 3
     assert sorted(s["path"] for s in summary["superseded"]) == [
@@ -166,9 +143,7 @@ def test_same_patient_keeps_one_image_by_the_documented_rule(tmp_path, predictor
     doc = json.loads((folder / "P1_predictions.json").read_text())
     assert doc["metadata"]["sop_instance_uid"] == str(newest.SOPInstanceUID)
     # Never a mix: every artifact of the folder belongs to the winning image.
-    source = cv2.imdecode(
-        np.frombuffer((folder / "P1_source_image.png").read_bytes(), np.uint8), 0
-    )
+    source = cv2.imdecode(np.frombuffer((folder / "P1_source_image.png").read_bytes(), np.uint8), 0)
     assert source.shape == (320, 320)
     pdf_text = PdfReader(folder / "P1_report.pdf").pages[0].extract_text()
     assert str(newest.SOPInstanceUID)[-12:] in pdf_text.replace("\n", "")
@@ -182,27 +157,16 @@ def test_instance_layout_keeps_every_image(tmp_path, predictor):
     a = _write_phantom(inp / "a.dcm", 0, patient_id="P2")
     b = _write_phantom(inp / "b.dcm", 1, patient_id="P2")
     for name in ("a.dcm", "b.dcm"):
-        assert (
-            process_file(inp / name, out, predictor, job_id="job-4", layout="instance")[
-                "status"
-            ]
-            == "processed"
-        )
+        assert process_file(inp / name, out, predictor, job_id="job-4", layout="instance")["status"] == "processed"
     for ds in (a, b):
         folder = out / "P2" / str(ds.SOPInstanceUID)
-        assert (folder / "P2_predictions.json").is_file() and (
-            folder / "P2_report.pdf"
-        ).is_file()
+        assert (folder / "P2_predictions.json").is_file() and (folder / "P2_report.pdf").is_file()
 
 
 # Writing the 1000-character id makes pydicom warn (LO allows 64): that is the point.
 @pytest.mark.filterwarnings("ignore:The value length:UserWarning")
-@pytest.mark.parametrize(
-    "hostile", ["../../etc/evil", "..", "/abs/path", "a\\..\\b", ".hidden", "x" * 1000]
-)
-def test_hostile_patient_ids_never_escape_the_output_folder(
-    tmp_path, predictor, hostile
-):
+@pytest.mark.parametrize("hostile", ["../../etc/evil", "..", "/abs/path", "a\\..\\b", ".hidden", "x" * 1000])
+def test_hostile_patient_ids_never_escape_the_output_folder(tmp_path, predictor, hostile):
     inp, out = tmp_path / "in", tmp_path / "deep" / "out"
     out.mkdir(parents=True)
     _write_phantom(inp / "h.dcm", 3, patient_id=hostile)
@@ -215,9 +179,7 @@ def test_hostile_patient_ids_never_escape_the_output_folder(
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - {inp / "h.dcm"}
     assert all(out.resolve() in p.resolve().parents for p in written)
     doc = json.loads(next(folder.glob("*_predictions.json")).read_text())
-    assert (
-        doc["metadata"]["patient_id"] == hostile
-    )  # the id itself is kept, only the folder name is sanitised
+    assert doc["metadata"]["patient_id"] == hostile  # the id itself is kept, only the folder name is sanitised
 
 
 def test_unwritable_output_is_a_reasoned_skip(tmp_path, phantom_dir, predictor):
@@ -227,9 +189,7 @@ def test_unwritable_output_is_a_reasoned_skip(tmp_path, phantom_dir, predictor):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".tmp").write_text("squatter")
-    record = process_file(
-        min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-6"
-    )
+    record = process_file(min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-6")
     assert record["status"] == "skipped" and record["reason"] == "output_error"
     assert record["detail"].startswith("could not write the output folder (E")
     assert sorted(p.name for p in out.iterdir()) == [".tmp"]

@@ -29,8 +29,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> N
 
 def test_failed_summary_is_the_summary_shape_with_its_reason() -> None:
     records = [{"path": "/a.dcm", "status": "skipped", "reason": "lost", "detail": "x"}]
-    ok, failed = summarise(records, job_id="j", total=1), failed_summary(records, job_id="j", total=1,
-                                                                          failure="why")
+    ok, failed = summarise(records, job_id="j", total=1), failed_summary(records, job_id="j", total=1, failure="why")
     assert failed["status"] == "failed" and failed["failure"] == "why"
     assert set(failed) - set(ok) == {"failure", "workers", "summary_file"}
     assert failed["skipped"] == ok["skipped"] == [{"path": "/a.dcm", "reason": "lost", "detail": "x"}]

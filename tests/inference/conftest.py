@@ -61,9 +61,7 @@ def build_dataset(
     ds.BitsStored = bits_stored or ds.BitsAllocated
     ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    ds.PixelData = np.ascontiguousarray(
-        pixels, dtype=pixels.dtype.newbyteorder("<")
-    ).tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
     for keyword, value in attrs.items():
         if value is None:
             if keyword in ds:

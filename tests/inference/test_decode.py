@@ -126,9 +126,7 @@ REFERENCE = [
     ),
     Ref("MR_small_RLE.dcm", RLELossless, PL, (64, 64), "int16", MR_SMALL),
     Ref("MR_small_jp2klossless.dcm", JPEG2000Lossless, PL, (64, 64), "int16", MR_SMALL),
-    Ref(
-        "MR_small_jpeg_ls_lossless.dcm", JPEGLSLossless, PL, (64, 64), "int16", MR_SMALL
-    ),
+    Ref("MR_small_jpeg_ls_lossless.dcm", JPEGLSLossless, PL, (64, 64), "int16", MR_SMALL),
     Ref(
         "emri_small.dcm",
         ExplicitVRLittleEndian,
@@ -193,9 +191,7 @@ REFERENCE = [
     ),
     Ref("SC_rgb_rle.dcm", RLELossless, PL, (100, 100, 3), "uint8", SC_RGB),
     Ref("SC_rgb_jpeg_gdcm.dcm", JPEGLosslessSV1, PL, (100, 100, 3), "uint8", SC_RGB),
-    Ref(
-        "SC_rgb_dcmtk_+eb+cr.dcm", JPEGBaseline8Bit, PL, (100, 100, 3), "uint8", SC_RGB
-    ),
+    Ref("SC_rgb_dcmtk_+eb+cr.dcm", JPEGBaseline8Bit, PL, (100, 100, 3), "uint8", SC_RGB),
     Ref(
         "SC_ybr_full_uncompressed.dcm",
         ExplicitVRLittleEndian,
@@ -221,10 +217,7 @@ REFERENCE = [
         (480, 640, 3),
         "uint8",
         # Y with neutral chroma: R = G = B = Y after pydicom's YBR -> RGB
-        [
-            (s_[278, 300:310, c], (64, 76, 86, 95, 95, 97, 98, 98, 106, 108))
-            for c in range(3)
-        ],
+        [(s_[278, 300:310, c], (64, 76, 86, 95, 95, 97, 98, 98, 106, 108)) for c in range(3)],
         frames=120,
     ),
     Ref("US1_J2KR.dcm", JPEG2000Lossless, PL, (480, 640, 3), "uint8"),
@@ -378,9 +371,7 @@ def test_colour_files_report_rgb_after_decoding(testdata: Testdata) -> None:
 
 @pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding:UserWarning")
 @pytest.mark.parametrize("names", SAME_IMAGE, ids=lambda names: names[0])
-def test_variants_of_one_image_decode_identically(
-    names: tuple[str, ...], testdata: Testdata
-) -> None:
+def test_variants_of_one_image_decode_identically(names: tuple[str, ...], testdata: Testdata) -> None:
     decoded = [decode_file(testdata(name)) for name in names]
     ds0, stored0, info0 = decoded[0]
     pixels0, _ = build_display_image(stored0, info0, ds0)
@@ -426,15 +417,11 @@ def test_transfer_syntax_without_decoder_is_a_decode_error(
     ds = make_dataset()
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile
 
-    with pytest.raises(
-        DecodeError, match=r"no pixel data decoder for transfer syntax MPEG2.*4\.100"
-    ):
+    with pytest.raises(DecodeError, match=r"no pixel data decoder for transfer syntax MPEG2.*4\.100"):
         decode_first_frame(ds)
 
 
-def test_missing_plugins_are_a_decode_error(
-    monkeypatch: pytest.MonkeyPatch, testdata: Testdata
-) -> None:
+def test_missing_plugins_are_a_decode_error(monkeypatch: pytest.MonkeyPatch, testdata: Testdata) -> None:
     decoder = get_decoder(JPEG2000Lossless)
     monkeypatch.setattr(decoder, "_available", {})
     monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg-openjpeg",)})
@@ -447,9 +434,7 @@ def test_missing_plugins_are_a_decode_error(
         decode_first_frame(ds)
 
 
-def test_next_plugin_is_tried_and_recorded(
-    monkeypatch: pytest.MonkeyPatch, testdata: Testdata
-) -> None:
+def test_next_plugin_is_tried_and_recorded(monkeypatch: pytest.MonkeyPatch, testdata: Testdata) -> None:
     decoder = get_decoder(JPEG2000Lossless)
     real_as_array = decoder.as_array
 
@@ -529,17 +514,11 @@ def test_invalid_number_of_frames_names_the_tag(testdata: Testdata) -> None:
 # ------------------------------------------------- high bits and signed pixels
 
 
-GARBAGE_HIGH_BITS = np.array(
-    [[0x0FFF | 0xF000, 0x0123 | 0xA000], [0x0800, 0x07FF | 0x5000]], np.uint16
-)
+GARBAGE_HIGH_BITS = np.array([[0x0FFF | 0xF000, 0x0123 | 0xA000], [0x0800, 0x07FF | 0x5000]], np.uint16)
 
 
-@pytest.mark.parametrize(
-    "syntax", [ExplicitVRLittleEndian, RLELossless], ids=["native", "rle"]
-)
-def test_unused_high_bits_are_masked(
-    syntax: UID, make_dataset: Callable[..., Any]
-) -> None:
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless], ids=["native", "rle"])
+def test_unused_high_bits_are_masked(syntax: UID, make_dataset: Callable[..., Any]) -> None:
     ds = make_dataset(GARBAGE_HIGH_BITS, bits_stored=12)
     if syntax != ExplicitVRLittleEndian:
         ds.compress(syntax, encoding_plugin="pydicom")
@@ -550,12 +529,8 @@ def test_unused_high_bits_are_masked(
     assert info.bits_stored == 12
 
 
-@pytest.mark.parametrize(
-    "syntax", [ExplicitVRLittleEndian, RLELossless], ids=["native", "rle"]
-)
-def test_signed_12_bit_values_are_sign_extended(
-    syntax: UID, make_dataset: Callable[..., Any]
-) -> None:
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless], ids=["native", "rle"])
+def test_signed_12_bit_values_are_sign_extended(syntax: UID, make_dataset: Callable[..., Any]) -> None:
     ds = make_dataset(GARBAGE_HIGH_BITS.view(np.int16), bits_stored=12)
     if syntax != ExplicitVRLittleEndian:
         ds.compress(syntax, encoding_plugin="pydicom")

@@ -37,9 +37,7 @@ WriteDicom = Callable[..., Path]
 WriteBytes = Callable[[bytes, str], Path]
 
 ANY_MODALITY = ReadOptions(
-    accepted_modalities=frozenset(
-        {"CR", "DX", "SC", "OT", "", "CT", "MR", "US", "NM", "RTDOSE"}
-    )
+    accepted_modalities=frozenset({"CR", "DX", "SC", "OT", "", "CT", "MR", "US", "NM", "RTDOSE"})
 )
 PROVENANCE_KEYS = {
     "transfer_syntax_uid",
@@ -97,9 +95,7 @@ def test_options_from_env_refuse_a_list_of_nothing() -> None:
 # ------------------------------------------------------------ a good CR file
 
 
-def test_synthetic_cr_end_to_end(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_synthetic_cr_end_to_end(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     ds = make_dataset(
         WindowCenter=2048,
         WindowWidth=4096,
@@ -150,9 +146,7 @@ def test_synthetic_cr_end_to_end(
     assert patient.acquisition_datetime == "20240131091500"
 
 
-def test_pixel_spacing_wins_over_imager_pixel_spacing(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_pixel_spacing_wins_over_imager_pixel_spacing(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     ds = make_dataset(PixelSpacing=[0.1, 0.2], ImagerPixelSpacing=[0.139, 0.139])
 
     p = read_dicom_image(write_dicom(ds)).provenance
@@ -173,34 +167,24 @@ def test_pixel_spacing_wins_over_imager_pixel_spacing(
         ({"StudyDate": None, "StudyTime": None}, ""),
     ],
 )
-def test_acquisition_datetime_fallback_order(
-    attrs: dict[str, Any], expected: str, make_dataset: MakeDataset
-) -> None:
+def test_acquisition_datetime_fallback_order(attrs: dict[str, Any], expected: str, make_dataset: MakeDataset) -> None:
     info = read_patient_info(make_dataset(**attrs), None)
 
     assert info.acquisition_datetime == expected
 
 
-def test_monochrome1_file_is_inverted_and_says_why(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_monochrome1_file_is_inverted_and_says_why(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     ramp = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
-    ds = make_dataset(
-        ramp, photometric="MONOCHROME1", bits_stored=12, PresentationLUTShape="INVERSE"
-    )
+    ds = make_dataset(ramp, photometric="MONOCHROME1", bits_stored=12, PresentationLUTShape="INVERSE")
 
     image = read_dicom_image(write_dicom(ds))
 
-    np.testing.assert_allclose(
-        image.pixels, 1 - ramp / 4095, atol=1e-6
-    )  # min/max, then once
+    np.testing.assert_allclose(image.pixels, 1 - ramp / 4095, atol=1e-6)  # min/max, then once
     assert image.provenance["inverted"] is True
     assert "inverted once" in image.provenance["inversion_reason"]
 
 
-def test_colour_scanned_film_without_modality(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_colour_scanned_film_without_modality(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
     rgb[..., 1] = 255
     ds = make_dataset(rgb, photometric="RGB", Modality=None)
@@ -210,20 +194,14 @@ def test_colour_scanned_film_without_modality(
     np.testing.assert_allclose(image.pixels, 0.587, atol=1e-6)
     assert image.patient.modality == ""
     assert image.provenance["voi"] == {"method": "none"}
-    assert (
-        "colour image converted to grayscale (BT.601 luma)" in image.provenance["notes"]
-    )
+    assert "colour image converted to grayscale (BT.601 luma)" in image.provenance["notes"]
 
 
-def test_file_without_preamble_is_read_with_force(
-    make_dataset: MakeDataset, tmp_path: Path
-) -> None:
+def test_file_without_preamble_is_read_with_force(make_dataset: MakeDataset, tmp_path: Path) -> None:
     ds = make_dataset()
     ds.file_meta = FileMetaDataset()  # no File Meta group, no preamble: bare data set
     path = tmp_path / "raw.dcm"
-    pydicom.dcmwrite(
-        path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False
-    )
+    pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
     assert b"DICM" not in path.read_bytes()[:200]
 
     image = read_dicom_image(path)
@@ -237,10 +215,7 @@ def test_real_file_without_preamble(testdata: Testdata) -> None:
     image = read_dicom_image(testdata("OT-PAL-8-face.dcm"), ANY_MODALITY, "face")
 
     assert_model_input(image, (480, 640))
-    assert (
-        "palette colour image converted to grayscale (BT.601 luma)"
-        in image.provenance["notes"]
-    )
+    assert "palette colour image converted to grayscale (BT.601 luma)" in image.provenance["notes"]
 
 
 # -------------------------------------------------------------- real radiograph
@@ -252,10 +227,7 @@ def rg1() -> dict[str, DicomImage]:
     from pydicom.data import get_testdata_file
 
     names = {"unc": "RG1_UNCR.dcm", "j2kr": "RG1_J2KR.dcm", "j2ki": "RG1_J2KI.dcm"}
-    return {
-        key: read_dicom_image(str(get_testdata_file(name)))
-        for key, name in names.items()
-    }
+    return {key: read_dicom_image(str(get_testdata_file(name))) for key, name in names.items()}
 
 
 def test_rg1_lossless_forms_are_identical(rg1: dict[str, DicomImage]) -> None:
@@ -267,9 +239,7 @@ def test_rg1_lossless_forms_are_identical(rg1: dict[str, DicomImage]) -> None:
         "native",
         "pylibjpeg",
     )
-    assert (
-        unc.provenance["transfer_syntax_uid"] != j2kr.provenance["transfer_syntax_uid"]
-    )
+    assert unc.provenance["transfer_syntax_uid"] != j2kr.provenance["transfer_syntax_uid"]
 
 
 def test_rg1_lossy_form_is_close_but_not_identical(rg1: dict[str, DicomImage]) -> None:
@@ -285,9 +255,7 @@ def test_rg1_is_displayed_with_dark_lungs(rg1: dict[str, DicomImage]) -> None:
     rows, cols = px.shape
 
     def mean(r0: float, r1: float, c0: float, c1: float) -> float:
-        return float(
-            px[int(rows * r0) : int(rows * r1), int(cols * c0) : int(cols * c1)].mean()
-        )
+        return float(px[int(rows * r0) : int(rows * r1), int(cols * c0) : int(cols * c1)].mean())
 
     right_lung = mean(0.30, 0.60, 0.20, 0.40)
     left_lung = mean(0.30, 0.60, 0.60, 0.80)
@@ -326,12 +294,8 @@ def test_rg1_is_displayed_with_dark_lungs(rg1: dict[str, DicomImage]) -> None:
         "JPEG-LL.dcm",
     ],
 )
-def test_non_chest_modalities_are_refused_by_default(
-    name: str, testdata: Testdata
-) -> None:
-    with pytest.raises(
-        UnsupportedModality, match=r"\(0008,0060\) Modality '(CT|MR|US|NM)'"
-    ):
+def test_non_chest_modalities_are_refused_by_default(name: str, testdata: Testdata) -> None:
+    with pytest.raises(UnsupportedModality, match=r"\(0008,0060\) Modality '(CT|MR|US|NM)'"):
         read_dicom_image(testdata(name), patient_id_override="X")
 
 
@@ -367,21 +331,15 @@ def test_reference_files_end_to_end_when_accepted(
 
 def test_known_bad_jpeg_end_to_end_is_a_decode_error(testdata: Testdata) -> None:
     with pytest.raises(DecodeError, match="JPEG Extended"):
-        read_dicom_image(
-            testdata("JPEG-lossy.dcm"), ANY_MODALITY, patient_id_override="X"
-        )
+        read_dicom_image(testdata("JPEG-lossy.dcm"), ANY_MODALITY, patient_id_override="X")
 
 
-def test_garbage_jpeg_stream_is_a_decode_error(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_garbage_jpeg_stream_is_a_decode_error(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     ds = make_dataset(np.zeros((8, 8), np.uint8))
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + bytes(range(60)) + b"\xff\xd9"])
 
-    with pytest.raises(
-        DecodeError, match=r"JPEG Baseline .*1\.2\.840\.10008\.1\.2\.4\.50"
-    ):
+    with pytest.raises(DecodeError, match=r"JPEG Baseline .*1\.2\.840\.10008\.1\.2\.4\.50"):
         read_dicom_image(write_dicom(ds))
 
 
@@ -413,19 +371,13 @@ def test_missing_file_is_unreadable(tmp_path: Path) -> None:
 
 
 def test_dicomdir_is_refused(testdata: Testdata) -> None:
-    with pytest.raises(
-        UnsupportedImage, match=r"DICOMDIR .*1\.2\.840\.10008\.1\.3\.10"
-    ):
+    with pytest.raises(UnsupportedImage, match=r"DICOMDIR .*1\.2\.840\.10008\.1\.3\.10"):
         read_dicom_image(testdata("DICOMDIR"))
 
 
-def test_object_without_pixel_data(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_object_without_pixel_data(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     # e.g. a scanned document stored as Encapsulated PDF with Modality OT
-    ds = make_dataset(
-        PixelData=None, SOPClassUID="1.2.840.10008.5.1.4.1.1.104.1", Modality="OT"
-    )
+    ds = make_dataset(PixelData=None, SOPClassUID="1.2.840.10008.5.1.4.1.1.104.1", Modality="OT")
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
 
     with pytest.raises(UnsupportedImage, match=r"no \(7FE0,0010\) Pixel Data"):
@@ -440,18 +392,14 @@ def test_float_pixel_data_is_refused(make_dataset: MakeDataset) -> None:
         check_eligibility(ds, ReadOptions())
 
 
-def test_missing_patient_id_names_the_tag(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_missing_patient_id_names_the_tag(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     path = write_dicom(make_dataset(PatientID="  "))
 
     with pytest.raises(MissingPatientId, match=r"\(0010,0020\)"):
         read_dicom_image(path)
 
 
-def test_patient_id_override_replaces_a_missing_id(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_patient_id_override_replaces_a_missing_id(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     path = write_dicom(make_dataset(PatientID=None))
 
     image = read_dicom_image(path, patient_id_override=" REQ-7 ")
@@ -459,14 +407,10 @@ def test_patient_id_override_replaces_a_missing_id(
     assert image.patient.patient_id == "REQ-7"
 
 
-def test_ct_is_refused_with_default_options(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_ct_is_refused_with_default_options(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     path = write_dicom(make_dataset(Modality="CT"))
 
-    with pytest.raises(
-        UnsupportedModality, match=r"\(0008,0060\) Modality 'CT' is not accepted"
-    ):
+    with pytest.raises(UnsupportedModality, match=r"\(0008,0060\) Modality 'CT' is not accepted"):
         read_dicom_image(path)
 
 
@@ -485,9 +429,7 @@ def test_absurd_rows_are_refused_before_decoding(
     tracemalloc.start()
     start = time.perf_counter()
     try:
-        with pytest.raises(
-            UnsupportedImage, match=r"\(0028,0010\) Rows 60000 is outside 1\.\.16384"
-        ):
+        with pytest.raises(UnsupportedImage, match=r"\(0028,0010\) Rows 60000 is outside 1\.\.16384"):
             read_dicom_image(path)
         elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
@@ -508,34 +450,22 @@ def test_too_many_pixels_names_rows_and_columns(make_dataset: MakeDataset) -> No
         check_eligibility(ds, ReadOptions())
 
 
-@pytest.mark.parametrize(
-    ("keyword", "tag"), [("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")]
-)
-def test_zero_or_missing_dimensions(
-    keyword: str, tag: str, make_dataset: MakeDataset
-) -> None:
+@pytest.mark.parametrize(("keyword", "tag"), [("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")])
+def test_zero_or_missing_dimensions(keyword: str, tag: str, make_dataset: MakeDataset) -> None:
     ds = make_dataset()
     setattr(ds, keyword, 0)
-    with pytest.raises(
-        UnsupportedImage, match=re.escape(f"{tag} {keyword} 0 is outside")
-    ):
+    with pytest.raises(UnsupportedImage, match=re.escape(f"{tag} {keyword} 0 is outside")):
         check_eligibility(ds, ReadOptions())
     delattr(ds, keyword)
     with pytest.raises(UnsupportedImage, match=re.escape(f"{tag} {keyword} is absent")):
         check_eligibility(ds, ReadOptions())
 
 
-def test_native_pixel_data_shorter_than_a_frame(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> None:
+def test_native_pixel_data_shorter_than_a_frame(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     ds = make_dataset()
-    ds.PixelData = ds.PixelData[
-        :1000
-    ]  # declared length matches: a writer bug, not a cut
+    ds.PixelData = ds.PixelData[:1000]  # declared length matches: a writer bug, not a cut
 
-    with pytest.raises(
-        UnreadableDicom, match=r"truncated: \(7FE0,0010\) Pixel Data holds 1000 bytes"
-    ):
+    with pytest.raises(UnreadableDicom, match=r"truncated: \(7FE0,0010\) Pixel Data holds 1000 bytes"):
         read_dicom_image(write_dicom(ds))
 
 
@@ -543,9 +473,7 @@ def test_native_pixel_data_shorter_than_a_frame(
 
 
 @pytest.fixture
-def cr_file_bytes(
-    make_dataset: MakeDataset, write_dicom: WriteDicom
-) -> Callable[[bool], bytes]:
+def cr_file_bytes(make_dataset: MakeDataset, write_dicom: WriteDicom) -> Callable[[bool], bytes]:
     def build(rle: bool) -> bytes:
         ds = make_dataset()
         if rle:
@@ -645,7 +573,5 @@ def test_whole_files_used_for_truncation_read_fine(
 
 def test_real_truncated_file(testdata: Testdata) -> None:
     # pydicom's MR_truncated.dcm: Pixel Data cut short
-    with pytest.raises(
-        UnreadableDicom, match=r"truncated: \(7FE0,0010\) PixelData declares 8192 bytes"
-    ):
+    with pytest.raises(UnreadableDicom, match=r"truncated: \(7FE0,0010\) PixelData declares 8192 bytes"):
         load_dataset(testdata("MR_truncated.dcm"))

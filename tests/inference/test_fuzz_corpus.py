@@ -51,8 +51,9 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return snapshot
 
 
-def assert_only_output_changed(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
-                               output: str) -> None:
+def assert_only_output_changed(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], output: str
+) -> None:
     changed = {p for p in after if before.get(p) != after[p]} | (set(before) - set(after))
     stray = sorted(p for p in changed if p != output and not p.startswith(output + os.sep))
     assert stray == [], f"written outside {output}: {stray}"
@@ -83,7 +84,8 @@ def test_corpus_covers_every_kind_of_hostile_input(corpus: tuple[Path, list[Corp
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom: invalid values it reads and tolerates
 def test_every_corpus_file_gets_its_outcome_and_nothing_escapes(
-        corpus: tuple[Path, list[CorpusEntry]], predictor: Any) -> None:
+    corpus: tuple[Path, list[CorpusEntry]], predictor: Any
+) -> None:
     base, entries = corpus
     output = base / "out"
     output.mkdir()
@@ -155,8 +157,11 @@ def test_large_native_pixel_data_is_read_later_and_identical(tmp_path: Path) -> 
 
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size - 1000])
-    with pytest.raises(UnreadableDicom, match=r"truncated: \(7FE0,0010\) PixelData declares 2097152 bytes, "
-                                              r"the file holds 2096152"):
+    with pytest.raises(
+        UnreadableDicom,
+        match=r"truncated: \(7FE0,0010\) PixelData declares 2097152 bytes, "
+        r"the file holds 2096152",
+    ):
         read_dicom_image(cut)
 
 

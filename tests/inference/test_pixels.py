@@ -78,13 +78,9 @@ def test_zero_rescale_slope_is_refused_naming_the_tag() -> None:
 
 
 def test_modality_lut_sequence_maps_and_clamps() -> None:
-    ds = header(
-        ModalityLUTSequence=Sequence([lut_item([4, 10, 16], [100, 200, 300, 400])])
-    )
+    ds = header(ModalityLUTSequence=Sequence([lut_item([4, 10, 16], [100, 200, 300, 400])]))
 
-    values, info = apply_modality_lut(
-        np.array([5, 10, 11, 13, 50], dtype=np.uint16), ds
-    )
+    values, info = apply_modality_lut(np.array([5, 10, 11, 13, 50], dtype=np.uint16), ds)
 
     np.testing.assert_array_equal(values, [100, 100, 200, 400, 400])
     assert info == {"method": "lut"}
@@ -130,9 +126,7 @@ def test_window_functions_at_known_points(
 ) -> None:
     values = np.array(x)
 
-    img, info = apply_voi(
-        values, header(WindowCenter=center, WindowWidth=width, VOILUTFunction=function)
-    )
+    img, info = apply_voi(values, header(WindowCenter=center, WindowWidth=width, VOILUTFunction=function))
 
     assert img.dtype == np.float32
     np.testing.assert_allclose(img, expected, atol=1e-6)
@@ -163,9 +157,7 @@ def test_window_function_defaults_to_linear_and_uses_first_pair() -> None:
         ("GAMMA", 10, "VOI LUT Function 'GAMMA' is not supported"),
     ],
 )
-def test_invalid_window_falls_through_to_min_max(
-    function: str, width: float, reason: str
-) -> None:
+def test_invalid_window_falls_through_to_min_max(function: str, width: float, reason: str) -> None:
     ds = header(WindowCenter=50, WindowWidth=width, VOILUTFunction=function)
 
     img, info = apply_voi(np.array([10.0, 20.0, 30.0]), ds)
@@ -182,9 +174,7 @@ def test_invalid_window_falls_through_to_min_max(
     width=st.floats(1, 5000),
     xs=st.lists(st.integers(-4096, 4095), min_size=1, max_size=30),
 )
-def test_window_matches_pydicom_rescaled_to_unit(
-    function: str, center: float, width: float, xs: list[int]
-) -> None:
+def test_window_matches_pydicom_rescaled_to_unit(function: str, center: float, width: float, xs: list[int]) -> None:
     # pydicom's apply_windowing maps onto [y_min, y_max] of the stored range;
     # ours maps onto [0, 1]. The two must agree after rescaling.
     ds = header(
@@ -198,9 +188,7 @@ def test_window_matches_pydicom_rescaled_to_unit(
     with np.errstate(over="ignore"):  # pydicom's SIGMOID uses exp(); ours uses tanh
         reference = (apply_windowing(values.copy(), ds) + 4096) / 8191
 
-    ours = window_to_unit(
-        values, float(ds.WindowCenter), float(ds.WindowWidth), function
-    )
+    ours = window_to_unit(values, float(ds.WindowCenter), float(ds.WindowWidth), function)
 
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     assert ((ours >= 0) & (ours <= 1)).all()
@@ -292,9 +280,7 @@ def test_constant_image_becomes_zeros_without_dividing_by_zero() -> None:
         ("RGB", "INVERSE", False, None),  # Presentation LUT Shape is grayscale-only
     ],
 )
-def test_polarity_inverts_once(
-    photometric: str, shape: str | None, inverted: bool, reason: str | None
-) -> None:
+def test_polarity_inverts_once(photometric: str, shape: str | None, inverted: bool, reason: str | None) -> None:
     ds = header(PhotometricInterpretation=photometric)
     if shape:
         ds.PresentationLUTShape = shape
@@ -312,9 +298,7 @@ def test_polarity_inverts_once(
 def test_monochrome1_is_inverted_after_the_window() -> None:
     # The window is applied to stored values first; inverting before it would
     # need a mirrored window (the Cornerstone/rse-panimg double-inversion bug).
-    ds = header(
-        PhotometricInterpretation="MONOCHROME1", WindowCenter=100, WindowWidth=101
-    )
+    ds = header(PhotometricInterpretation="MONOCHROME1", WindowCenter=100, WindowWidth=101)
     values, _ = apply_modality_lut(np.array([0, 49.5, 100, 149, 200]), ds)
 
     windowed, _ = apply_voi(values, ds)
@@ -329,9 +313,7 @@ def test_monochrome1_is_inverted_after_the_window() -> None:
 
 
 def test_rgb_is_converted_with_bt601_luma() -> None:
-    rgb = np.array(
-        [[[255, 0, 0], [0, 255, 0], [0, 0, 255], [200, 200, 200]]], dtype=np.uint8
-    )
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [200, 200, 200]]], dtype=np.uint8)
 
     luma, info = to_grayscale(rgb, "RGB", header(BitsStored=8))
 
@@ -357,9 +339,7 @@ def test_palette_colour_goes_through_the_lut_then_luma() -> None:
     ds.GreenPaletteColorLookupTableData = np.array([0, 0, 65535], "<u2").tobytes()
     ds.BluePaletteColorLookupTableData = np.array([0, 0, 0], "<u2").tobytes()
 
-    luma, info = to_grayscale(
-        np.array([[0, 1, 2, 5]], dtype=np.uint8), "PALETTE COLOR", ds
-    )
+    luma, info = to_grayscale(np.array([[0, 1, 2, 5]], dtype=np.uint8), "PALETTE COLOR", ds)
 
     np.testing.assert_allclose(luma, [[0, 0.299 * 65535, 0.587 * 65535, 0.587 * 65535]])
     assert info == {"method": "palette_bt601_luma", "full_scale": 65535}

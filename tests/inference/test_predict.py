@@ -15,12 +15,8 @@ def _one_hot(name):
 
 
 def test_normalise_heatmap_is_nan_safe():
-    assert np.array_equal(
-        normalise_heatmap(np.full((4, 4), np.nan)), np.zeros((4, 4), np.float32)
-    )
-    assert np.array_equal(
-        normalise_heatmap(np.full((4, 4), -3.0)), np.zeros((4, 4), np.float32)
-    )
+    assert np.array_equal(normalise_heatmap(np.full((4, 4), np.nan)), np.zeros((4, 4), np.float32))
+    assert np.array_equal(normalise_heatmap(np.full((4, 4), -3.0)), np.zeros((4, 4), np.float32))
     cam = normalise_heatmap(np.array([[np.inf, 1.0], [2.0, -1.0]]))
     assert cam.max() == 1.0 and cam.min() == 0.0 and np.isfinite(cam).all()
 
@@ -42,11 +38,7 @@ def test_outputs_have_the_contract_shapes(predictor):
     analysis = predictor.analyse_batch(predictor.preprocess(make_phantom(1, 2, size=300).image)[None])[0]
     assert analysis.probabilities.shape == (len(LABELS),)
     assert ((analysis.probabilities >= 0) & (analysis.probabilities <= 1)).all()
-    assert (
-        analysis.heatmap.ndim == 2
-        and analysis.heatmap.min() >= 0
-        and analysis.heatmap.max() <= 1
-    )
+    assert analysis.heatmap.ndim == 2 and analysis.heatmap.min() >= 0 and analysis.heatmap.max() <= 1
 
 
 def test_heatmap_finding_rule(predictor):
@@ -56,17 +48,11 @@ def test_heatmap_finding_rule(predictor):
         analysis = predictor.analyse_batch(predictor.preprocess(make_phantom(123, i, size=448).image)[None])[0]
         p = analysis.probabilities
         present = p >= thresholds
-        expected = (
-            int(np.argmax(np.where(present, p, -1)))
-            if present.any()
-            else int(np.argmax(p))
-        )
+        expected = int(np.argmax(np.where(present, p, -1))) if present.any() else int(np.argmax(p))
         assert analysis.heatmap_index == expected
 
 
-@pytest.mark.parametrize(
-    "name", ["Nodule/Mass", "Tuberculosis", "Pleural Effusion", "Cardiomegaly"]
-)
+@pytest.mark.parametrize("name", ["Nodule/Mass", "Tuberculosis", "Pleural Effusion", "Cardiomegaly"])
 def test_model_finds_a_clear_lesion_and_gradcam_points_at_it(predictor, name):
     """Phantoms with a known lesion: the finding scores present and Grad-CAM's maximum
     falls inside its box for most of them (the model is small; allow one miss)."""
@@ -90,7 +76,9 @@ def test_normal_phantoms_score_low(predictor):
     positives = 0
     for i in range(5):
         p = make_phantom(556, i, size=448, labels=np.zeros(len(LABELS), np.float32))
-        positives += int((predictor.analyse_batch(predictor.preprocess(p.image)[None])[0].probabilities >= thresholds).sum())
+        positives += int(
+            (predictor.analyse_batch(predictor.preprocess(p.image)[None])[0].probabilities >= thresholds).sum()
+        )
     assert positives <= 2
 
 

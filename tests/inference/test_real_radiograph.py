@@ -26,8 +26,7 @@ def test_lossless_forms_give_identical_predictions(rg1_paths, predictor):
     assert a["provenance"]["pixel_sha256"] == b["provenance"]["pixel_sha256"]
     assert (
         a["provenance"]["decoder"] != b["provenance"]["decoder"]
-        or a["provenance"]["transfer_syntax_uid"]
-        != b["provenance"]["transfer_syntax_uid"]
+        or a["provenance"]["transfer_syntax_uid"] != b["provenance"]["transfer_syntax_uid"]
     )
     heat = [r.files[r.kinds["heatmap"]] for r in results]
     assert heat[0] == heat[1]

@@ -68,11 +68,7 @@ def make_doc() -> Callable[..., dict[str, Any]]:
         job_id: str = "job-1",
         rank: list[str] | None = None,
     ) -> dict[str, Any]:
-        scores = (
-            confidences
-            if confidences is not None
-            else [0.05 * i for i in range(len(LABELS))]
-        )
+        scores = confidences if confidences is not None else [0.05 * i for i in range(len(LABELS))]
         limits = thresholds if thresholds is not None else {"Tuberculosis": 0.4}
         return build_predictions_document(
             patient=patient or make_patient(),

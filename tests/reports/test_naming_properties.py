@@ -26,10 +26,43 @@ from reports.naming import (
     short_hash,
 )
 
-PIECES = ["/", "\\", "..", ".", "\x00", "\t", "\n", "~", " ", ":", "*", "?", "😀", "🩻", "李", "雷", "محمد",
-          "\u202e", "\u200b", "\ufeff", "\udcff", "CON", "nul", "a", "Z", "1", "-", "_", "é", "e\u0301"]
-hostile_ids = st.lists(st.sampled_from(PIECES), max_size=40).map("".join) | st.text(max_size=1000) \
+PIECES = [
+    "/",
+    "\\",
+    "..",
+    ".",
+    "\x00",
+    "\t",
+    "\n",
+    "~",
+    " ",
+    ":",
+    "*",
+    "?",
+    "😀",
+    "🩻",
+    "李",
+    "雷",
+    "محمد",
+    "\u202e",
+    "\u200b",
+    "\ufeff",
+    "\udcff",
+    "CON",
+    "nul",
+    "a",
+    "Z",
+    "1",
+    "-",
+    "_",
+    "é",
+    "e\u0301",
+]
+hostile_ids = (
+    st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
+    | st.text(max_size=1000)
     | st.builds(lambda piece, n: piece * n, st.sampled_from(PIECES), st.integers(1, 1000))
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +118,16 @@ def test_property_uid_components_are_safe_too(raw: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(parts=st.lists(st.sampled_from(["a", "..", ".", "", "/", "/etc", "out", "in", "x\x00", "a/../..",
-                                       "loop", "李"]), min_size=1, max_size=5))
-def test_property_safe_join_never_returns_a_path_outside_the_root(tmp_path_factory: pytest.TempPathFactory,
-                                                                  parts: list[str]) -> None:
+@given(
+    parts=st.lists(
+        st.sampled_from(["a", "..", ".", "", "/", "/etc", "out", "in", "x\x00", "a/../..", "loop", "李"]),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_property_safe_join_never_returns_a_path_outside_the_root(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[str]
+) -> None:
     base = tmp_path_factory.getbasetemp() / "safe-join-property"
     root = base / "root"
     if not root.exists():

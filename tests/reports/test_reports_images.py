@@ -29,9 +29,7 @@ def decode(png: bytes) -> np.ndarray:
         ((600, 500), (600, 500)),
     ],
 )
-def test_display_caps_long_side_and_keeps_aspect(
-    shape: tuple[int, int], expected: tuple[int, int]
-) -> None:
+def test_display_caps_long_side_and_keeps_aspect(shape: tuple[int, int], expected: tuple[int, int]) -> None:
     pixels = np.linspace(0.0, 1.0, shape[0] * shape[1], dtype=np.float32).reshape(shape)
     display = to_uint8_display(pixels)
     assert display.shape == expected and display.dtype == np.uint8
@@ -61,25 +59,19 @@ def test_overlay_colours_hot_region_and_leaves_cold_region() -> None:
     display = np.full((400, 400), 128, dtype=np.uint8)
     heat = np.zeros((10, 10), dtype=np.float32)
     heat[6:, 6:] = 1.0  # bottom-right is hot
-    overlay = render_heatmap_overlay(
-        display, heat, heatmap_caption("Tuberculosis", 0.87)
-    )
+    overlay = render_heatmap_overlay(display, heat, heatmap_caption("Tuberculosis", 0.87))
     assert overlay.shape == (400, 400, 3) and overlay.dtype == np.uint8
     base = np.full((3,), 128, dtype=np.int16)
     hot = overlay[330, 330].astype(np.int16)
     cold = overlay[330, 60].astype(np.int16)
     assert np.abs(hot - base).max() > 40
     assert np.abs(cold - base).max() <= 1
-    assert (
-        np.abs(overlay[100:200, 150:250].astype(np.int16) - 128).max() <= 1
-    )  # cold, no caption
+    assert np.abs(overlay[100:200, 150:250].astype(np.int16) - 128).max() <= 1  # cold, no caption
 
 
 def test_overlay_draws_caption_box_in_corner() -> None:
     display = np.full((300, 300), 200, dtype=np.uint8)
-    overlay = render_heatmap_overlay(
-        display, np.zeros((4, 4), dtype=np.float32), "Tuberculosis 87.0%"
-    )
+    overlay = render_heatmap_overlay(display, np.zeros((4, 4), dtype=np.float32), "Tuberculosis 87.0%")
     corner = overlay[:40, :150]
     assert (corner == 0).any() and (corner == 255).any()  # dark box, white text
 
@@ -101,6 +93,4 @@ def test_heatmap_png_decodes_as_bgr() -> None:
 
 def test_non_ascii_caption_does_not_crash() -> None:
     display = np.full((50, 50), 100, dtype=np.uint8)
-    render_heatmap_overlay(
-        display, np.ones((2, 2), dtype=np.float32), "Übergröße 李 " * 5
-    )
+    render_heatmap_overlay(display, np.ones((2, 2), dtype=np.float32), "Übergröße 李 " * 5)

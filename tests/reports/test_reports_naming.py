@@ -24,12 +24,7 @@ PROPERTY_ROOT = Path(tempfile.gettempdir()) / "cxr-naming-property-root"
 
 
 def suffix_of(raw: str) -> str:
-    return (
-        "~"
-        + hashlib.sha256(unicodedata.normalize("NFC", raw).encode("utf-8")).hexdigest()[
-            :8
-        ]
-    )
+    return "~" + hashlib.sha256(unicodedata.normalize("NFC", raw).encode("utf-8")).hexdigest()[:8]
 
 
 def assert_safe(name: str) -> None:
@@ -133,11 +128,7 @@ def test_property_sanitised_name_is_safe(raw: str) -> None:
 def test_property_unsafe_characters_force_a_hash(raw: str) -> None:
     name = sanitize_patient_id(raw)
     assert_safe(name)
-    if (
-        any(c in "/\\:\x00 ~😀" for c in raw)
-        or raw.startswith((".", "_", "-"))
-        or not raw
-    ):
+    if any(c in "/\\:\x00 ~😀" for c in raw) or raw.startswith((".", "_", "-")) or not raw:
         assert HASHED.search(name)
     if not HASHED.search(name):
         assert name == raw and "~" not in name
@@ -187,8 +178,6 @@ def test_safe_join_refuses_symlink_pointing_outside(tmp_path: Path) -> None:
 
 def test_safe_join_accepts_inside_paths(tmp_path: Path) -> None:
     assert safe_join(tmp_path, "PAT-1") == tmp_path.resolve() / "PAT-1"
-    assert (
-        safe_join(tmp_path, "PAT-1", "1.2.3") == tmp_path.resolve() / "PAT-1" / "1.2.3"
-    )
+    assert safe_join(tmp_path, "PAT-1", "1.2.3") == tmp_path.resolve() / "PAT-1" / "1.2.3"
     assert safe_join(tmp_path, "a/../b") == tmp_path.resolve() / "b"
     assert issubclass(UnsafePathError, ValueError)

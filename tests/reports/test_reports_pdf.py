@@ -34,9 +34,7 @@ def decode_png(png: bytes) -> np.ndarray:
 
 
 def render_text(doc: dict[str, Any], pngs: Pngs) -> tuple[PdfReader, str]:
-    data = render_report_pdf(
-        doc, *pngs, generated_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
-    )
+    data = render_report_pdf(doc, *pngs, generated_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc))
     assert data.startswith(b"%PDF-")
     reader = PdfReader(io.BytesIO(data))
     return reader, "\n".join(page.extract_text() for page in reader.pages)
@@ -50,9 +48,7 @@ def sample(make_doc: MakeDoc, report_pngs: Pngs) -> tuple[PdfReader, str]:
 def test_report_text_has_every_required_part(sample: tuple[PdfReader, str]) -> None:
     reader, text = sample
     assert len(reader.pages) == 1
-    assert reader.pages[0].mediabox.width == pytest.approx(
-        595.28, abs=0.5
-    )  # A4 portrait
+    assert reader.pages[0].mediabox.width == pytest.approx(595.28, abs=0.5)  # A4 portrait
     for expected in [
         TITLE,
         "PAT-00123",
@@ -81,9 +77,7 @@ def test_report_embeds_both_images(sample: tuple[PdfReader, str]) -> None:
     assert sum(len(page.images) for page in reader.pages) == 2
 
 
-def test_non_demo_model_has_no_demo_disclaimer(
-    make_doc: MakeDoc, report_pngs: Pngs
-) -> None:
+def test_non_demo_model_has_no_demo_disclaimer(make_doc: MakeDoc, report_pngs: Pngs) -> None:
     model = {
         "name": "cxr-prod",
         "version": "2.0",
@@ -102,9 +96,7 @@ def test_cyrillic_and_greek_names_round_trip(
     patient_factory: Callable[..., PatientInfo],
     report_pngs: Pngs,
 ) -> None:
-    _, text = render_text(
-        make_doc(patient=patient_factory(patient_name=name)), report_pngs
-    )
+    _, text = render_text(make_doc(patient=patient_factory(patient_name=name)), report_pngs)
     assert name in text
 
 
@@ -115,14 +107,10 @@ def test_cjk_and_unusual_names_never_crash(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     name = "李^雷=リ^レイ 😀 \u202e\x00" + "W" * 200
-    patient = patient_factory(
-        patient_name=name, patient_id="李雷-{nb}", sop_instance_uid="9" * 64
-    )
+    patient = patient_factory(patient_name=name, patient_id="李雷-{nb}", sop_instance_uid="9" * 64)
     with caplog.at_level(logging.WARNING):
         _, text = render_text(make_doc(patient=patient), report_pngs)
-    assert not [
-        r for r in caplog.records if "missing the following glyphs" in r.getMessage()
-    ]
+    assert not [r for r in caplog.records if "missing the following glyphs" in r.getMessage()]
     if not fallback_font_paths():  # no CJK font on this machine: replacement characters
         assert "\ufffd" in text
     assert "{ nb}" in text  # the page-count alias in a value is not expanded
@@ -155,11 +143,7 @@ def test_successive_reports_are_independent(
     _, text_one = render_text(make_doc(patient=first), report_pngs)
     _, text_two = render_text(make_doc(patient=second), report_pngs)
     assert "FIRST-111" in text_one and "Alpha" in text_one
-    assert (
-        "SECOND-222" in text_two
-        and "FIRST-111" not in text_two
-        and "Alpha" not in text_two
-    )
+    assert "SECOND-222" in text_two and "FIRST-111" not in text_two and "Alpha" not in text_two
     assert "Page 1/1" in text_two
 
 
@@ -198,4 +182,3 @@ def test_names_outside_the_core_ranges_use_the_complete_font(
     assert "\ufffd" not in text
     for word in name.split():
         assert word in text or word[::-1] in text  # pypdf may give right-to-left text reversed
-

@@ -53,9 +53,7 @@ def test_findings_cover_every_label_in_order_with_per_label_thresholds() -> None
     assert by_name["Cardiomegaly"]["presence"] is False  # 0.49 < default 0.5
     assert by_name["Fibrosis"]["presence"] is True  # equality counts as present
     assert all(set(f) == {"name", "presence", "confidence"} for f in findings)
-    assert all(
-        type(f["presence"]) is bool and type(f["confidence"]) is float for f in findings
-    )
+    assert all(type(f["presence"]) is bool and type(f["confidence"]) is float for f in findings)
 
 
 @pytest.mark.parametrize(
@@ -79,9 +77,7 @@ def test_confidence_cleaning(raw: float, reported: float, present: bool) -> None
 
 def test_findings_accept_numpy_and_reorder_model_labels() -> None:
     model_order = tuple(reversed(LABELS))
-    confidences = np.array(
-        [0.9 if label == "Nodule/Mass" else 0.0 for label in model_order], np.float32
-    )
+    confidences = np.array([0.9 if label == "Nodule/Mass" else 0.0 for label in model_order], np.float32)
     findings = build_findings(model_order, confidences, {})
     assert [f["name"] for f in findings] == list(LABELS)
     assert [f["name"] for f in findings if f["presence"]] == ["Nodule/Mass"]
@@ -114,9 +110,7 @@ def test_findings_reject_bad_inputs(
     ],
 )
 def test_overall_result(present: set[str], result: str) -> None:
-    findings = [
-        {"name": n, "presence": n in present, "confidence": 0.0} for n in LABELS
-    ]
+    findings = [{"name": n, "presence": n in present, "confidence": 0.0} for n in LABELS]
     assert overall_result(findings) == result
 
 
@@ -157,10 +151,7 @@ def test_document_shape_and_string_metadata(
     }
     assert all(isinstance(v, str) for v in doc["metadata"].values())
     assert doc["model"]["input_size"] == [512, 512]
-    assert (
-        list(doc["thresholds"]) == list(LABELS)
-        and doc["thresholds"]["Tuberculosis"] == 0.4
-    )
+    assert list(doc["thresholds"]) == list(LABELS) and doc["thresholds"]["Tuberculosis"] == 0.4
     assert doc["publication"]["job_id"] == "job-1"
     assert doc["source"]["path"] == "/data/in/a.dcm"
 

@@ -26,9 +26,7 @@ from reports.publish import (
 FOLDER = "PAT-1"
 
 
-def artifacts(
-    marker: str, job_id: str, rank: list[str], folder: str = FOLDER, size: int = 64
-) -> dict[str, bytes]:
+def artifacts(marker: str, job_id: str, rank: list[str], folder: str = FOLDER, size: int = 64) -> dict[str, bytes]:
     """Four files that all carry ``marker``; the predictions JSON carries job id and rank."""
     names = artifact_names(folder)
     document = {"marker": marker, "publication": {"job_id": job_id, "rank": rank}}
@@ -44,11 +42,7 @@ def markers(folder: Path) -> set[str]:
     found = set()
     for path in folder.iterdir():
         data = path.read_bytes()
-        found.add(
-            json.loads(data)["marker"]
-            if path.suffix == ".json"
-            else data.split(b"|")[0].decode()
-        )
+        found.add(json.loads(data)["marker"] if path.suffix == ".json" else data.split(b"|")[0].decode())
     return found
 
 
@@ -88,9 +82,7 @@ def test_publishes_four_files(output_root: Path) -> None:
     folder = output_root.resolve() / FOLDER
     assert outcome.status == "published" and outcome.folder == folder
     assert sorted(outcome.files) == sorted(artifact_names(FOLDER).values())
-    assert all(
-        path.parent == folder and path.is_file() for path in outcome.files.values()
-    )
+    assert all(path.parent == folder and path.is_file() for path in outcome.files.values())
     assert markers(folder) == {"A"}
     assert sorted(p.name for p in output_root.iterdir()) == [".locks", ".tmp", FOLDER]
     assert list((output_root / ".tmp").iterdir()) == []
@@ -98,10 +90,7 @@ def test_publishes_four_files(output_root: Path) -> None:
 
 def test_same_job_higher_rank_replaces(output_root: Path) -> None:
     publish_as(output_root, "low", "job-1", ["2024-01", "1.1", "/a.dcm"])
-    assert (
-        publish_as(output_root, "high", "job-1", ["2024-02", "1.1", "/b.dcm"]).status
-        == "published"
-    )
+    assert publish_as(output_root, "high", "job-1", ["2024-02", "1.1", "/b.dcm"]).status == "published"
     assert markers(output_root / FOLDER) == {"high"}
 
 
@@ -126,10 +115,7 @@ def test_equal_rank_is_a_retry_and_republishes(output_root: Path) -> None:
 
 def test_different_job_always_replaces(output_root: Path) -> None:
     publish_as(output_root, "old-job", "job-1", ["2099", "9", "/z.dcm"])
-    assert (
-        publish_as(output_root, "new-job", "job-2", ["1900", "0", "/a.dcm"]).status
-        == "published"
-    )
+    assert publish_as(output_root, "new-job", "job-2", ["1900", "0", "/a.dcm"]).status == "published"
     assert markers(output_root / FOLDER) == {"new-job"}
 
 
@@ -143,16 +129,9 @@ def test_folder_without_readable_predictions_is_replaced(output_root: Path) -> N
 
 def test_instance_layout_always_replaces(output_root: Path) -> None:
     parts = [FOLDER, "1.2.3"]
-    publish_as(
-        output_root, "high", "job-1", ["2024-02"], layout="instance", parts=parts
-    )
-    outcome = publish_as(
-        output_root, "low", "job-1", ["2024-01"], layout="instance", parts=parts
-    )
-    assert (
-        outcome.status == "published"
-        and outcome.folder == output_root.resolve() / FOLDER / "1.2.3"
-    )
+    publish_as(output_root, "high", "job-1", ["2024-02"], layout="instance", parts=parts)
+    outcome = publish_as(output_root, "low", "job-1", ["2024-01"], layout="instance", parts=parts)
+    assert outcome.status == "published" and outcome.folder == output_root.resolve() / FOLDER / "1.2.3"
     assert markers(outcome.folder) == {"low"}
 
 
@@ -181,10 +160,7 @@ def test_escaping_folder_parts_are_refused(output_root: Path, parts: list[str]) 
             rank=["a"],
             layout="patient",
         )
-    assert (
-        not (output_root / ".tmp").exists()
-        or list((output_root / ".tmp").iterdir()) == []
-    )
+    assert not (output_root / ".tmp").exists() or list((output_root / ".tmp").iterdir()) == []
 
 
 def test_symlinked_folders_are_refused(output_root: Path, tmp_path: Path) -> None:
@@ -196,9 +172,7 @@ def test_symlinked_folders_are_refused(output_root: Path, tmp_path: Path) -> Non
     for name in ("escape", "alias"):
         with pytest.raises(UnsafePathError):
             publish_as(output_root, "x", "j", ["a"], parts=[name])
-    assert (
-        list(outside.iterdir()) == [] and list((output_root / "real").iterdir()) == []
-    )
+    assert list(outside.iterdir()) == [] and list((output_root / "real").iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["../evil.json", ".hidden", "a/b", ""])
@@ -216,29 +190,20 @@ def test_unsafe_file_names_are_refused(output_root: Path, name: str) -> None:
 
 def test_bad_layout_and_rank_are_refused(output_root: Path) -> None:
     with pytest.raises(ValueError):
-        publish_artifacts(
-            output_root, [FOLDER], {}, job_id="j", rank=["a"], layout="flat"
-        )
+        publish_artifacts(output_root, [FOLDER], {}, job_id="j", rank=["a"], layout="flat")
     numeric_rank: Any = [1]
     with pytest.raises(ValueError):
-        publish_artifacts(
-            output_root, [FOLDER], {}, job_id="j", rank=numeric_rank, layout="patient"
-        )
+        publish_artifacts(output_root, [FOLDER], {}, job_id="j", rank=numeric_rank, layout="patient")
 
 
-def test_failed_swap_leaves_no_temp_dir(
-    output_root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_swap_leaves_no_temp_dir(output_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(staging: Path, target: Path) -> None:
         raise OSError(errno.EIO, "simulated I/O error")
 
     monkeypatch.setattr(publish, "_swap_into_place", explode)
     with pytest.raises(OSError):
         publish_as(output_root, "x", "j", ["a"])
-    assert (
-        list((output_root / ".tmp").iterdir()) == []
-        and not (output_root / FOLDER).exists()
-    )
+    assert list((output_root / ".tmp").iterdir()) == [] and not (output_root / FOLDER).exists()
 
 
 def test_renameat2_exchange_swaps_directories_here(tmp_path: Path) -> None:
@@ -251,15 +216,11 @@ def test_renameat2_exchange_swaps_directories_here(tmp_path: Path) -> None:
     (first / "one").write_text("1")
     (second / "two").write_text("2")
     exchange(first, second)
-    assert [p.name for p in first.iterdir()] == ["two"] and [
-        p.name for p in second.iterdir()
-    ] == ["one"]
+    assert [p.name for p in first.iterdir()] == ["two"] and [p.name for p in second.iterdir()] == ["one"]
 
 
 @pytest.mark.parametrize("failure", ["ENOSYS", "EINVAL", "no-libc-symbol"])
-def test_fallback_without_renameat2(
-    output_root: Path, monkeypatch: pytest.MonkeyPatch, failure: str
-) -> None:
+def test_fallback_without_renameat2(output_root: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
     def unsupported(first: Path, second: Path) -> None:
         code = getattr(errno, failure)
         raise OSError(code, os.strerror(code))
@@ -304,8 +265,9 @@ def test_staging_folder_is_named_after_its_job(output_root: Path, monkeypatch: p
         real(staging, target)
 
     monkeypatch.setattr(publish, "_swap_into_place", spy)
-    publish_artifacts(output_root, [FOLDER], artifacts("a", "job-7", ["1"]), job_id="job-7", rank=["1"],
-                      layout="patient")
+    publish_artifacts(
+        output_root, [FOLDER], artifacts("a", "job-7", ["1"]), job_id="job-7", rank=["1"], layout="patient"
+    )
     assert len(seen) == 1 and seen[0].startswith("job-7.")
 
 
@@ -350,15 +312,9 @@ def _consistent_view(folder: Path) -> set[str] | None:
             fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
             with os.fdopen(fd, "rb") as handle:
                 data = handle.read()
-            found.add(
-                json.loads(data)["marker"]
-                if name.endswith(".json")
-                else data.split(b"|")[0].decode()
-            )
+            found.add(json.loads(data)["marker"] if name.endswith(".json") else data.split(b"|")[0].decode())
         return found
-    except (
-        FileNotFoundError
-    ):  # the old folder was removed after a swap while we read it
+    except FileNotFoundError:  # the old folder was removed after a swap while we read it
         return None
     finally:
         os.close(dir_fd)
@@ -371,15 +327,10 @@ def test_two_processes_racing_leave_the_max_rank_complete(output_root: Path) -> 
     # writes); B goes through the odd ranks in shuffled order (mostly superseded).
     plan = {"A": list(range(0, 40, 2)), "B": list(range(1, 40, 2))}
     random.Random(7).shuffle(plan["B"])
-    workers = [
-        ctx.Process(target=_publisher, args=(str(output_root), m, r, start))
-        for m, r in plan.items()
-    ]
+    workers = [ctx.Process(target=_publisher, args=(str(output_root), m, r, start)) for m, r in plan.items()]
     for worker in workers:
         worker.start()
-    while any(
-        worker.is_alive() for worker in workers
-    ):  # a reader sees one set, never a mix
+    while any(worker.is_alive() for worker in workers):  # a reader sees one set, never a mix
         time.sleep(0.002)
         view = _consistent_view(output_root / FOLDER)
         assert view is None or len(view) == 1, f"mixed folder observed: {view}"
@@ -389,6 +340,4 @@ def test_two_processes_racing_leave_the_max_rank_complete(output_root: Path) -> 
     assert markers(output_root / FOLDER) == {"B-39"}
     assert len(list((output_root / FOLDER).iterdir())) == 4
     assert list((output_root / ".tmp").iterdir()) == []
-    assert [p.name for p in output_root.iterdir() if not p.name.startswith(".")] == [
-        FOLDER
-    ]
+    assert [p.name for p in output_root.iterdir() if not p.name.startswith(".")] == [FOLDER]

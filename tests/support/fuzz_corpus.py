@@ -68,8 +68,7 @@ class CorpusEntry:
 def valid_dataset(index: int = 0, patient_id: str | None = None, *, compressed: bool = False) -> Dataset:
     """A small, valid CR/DX phantom (uncompressed unless asked)."""
     spec = PhantomFileSpec.for_index(index, "j2k" if compressed else "none")
-    ds = phantom_dataset(make_phantom(SEED, index, size=SIZE), seed=SEED, index=index, spec=spec,
-                         patient_id=patient_id)
+    ds = phantom_dataset(make_phantom(SEED, index, size=SIZE), seed=SEED, index=index, spec=spec, patient_id=patient_id)
     return ds
 
 
@@ -154,12 +153,12 @@ def _replace_element(data: bytes, tag: int, new: bytes) -> bytes:
     group, elem = tag >> 16, tag & 0xFFFF
     start = data.find(struct.pack("<HH", group, elem), 132)
     assert start > 0, f"tag {tag:08X} not found"
-    vr = data[start + 4:start + 6]
+    vr = data[start + 4 : start + 6]
     if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"):
-        length = struct.unpack("<I", data[start + 8:start + 12])[0]
+        length = struct.unpack("<I", data[start + 8 : start + 12])[0]
         end = start + 12 + length
     else:
-        length = struct.unpack("<H", data[start + 6:start + 8])[0]
+        length = struct.unpack("<H", data[start + 6 : start + 8])[0]
         end = start + 8 + length
     return data[:start] + new + data[end:]
 
@@ -168,31 +167,90 @@ def _wrong_headers(folder: Path) -> list[CorpusEntry]:
     entries: list[CorpusEntry] = []
     base = dataset_bytes(valid_dataset(0))
     edits: list[tuple[str, int, bytes, str, str]] = [
-        ("rows-as-LO-text", 0x00280010, _explicit_element(0x00280010, b"LO", b"huge"), "unsupported_image",
-         "(0028,0010) Rows written with VR LO and a text value"),
-        ("rows-3-bytes", 0x00280010, _explicit_element(0x00280010, b"US", b"\x40\x00\x00"), "unreadable_dicom",
-         "(0028,0010) Rows US with a 3-byte value"),
-        ("rows-zero", 0x00280010, _explicit_element(0x00280010, b"US", b"\x00\x00"), "unsupported_image",
-         "(0028,0010) Rows 0"),
-        ("bits-allocated-64", 0x00280100, _explicit_element(0x00280100, b"US", b"\x40\x00"), "unsupported_image",
-         "(0028,0100) Bits Allocated 64"),
-        ("bits-allocated-zero", 0x00280100, _explicit_element(0x00280100, b"US", b"\x00\x00"), "unsupported_image",
-         "(0028,0100) Bits Allocated 0"),
-        ("samples-4", 0x00280002, _explicit_element(0x00280002, b"US", b"\x04\x00"), "unsupported_image",
-         "(0028,0002) Samples per Pixel 4"),
-        ("photometric-unknown", 0x00280004, _explicit_element(0x00280004, b"CS", b"HSV "), "unsupported_image",
-         "(0028,0004) HSV"),
-        ("slope-not-a-number", 0x00281053, _explicit_element(0x00281053, b"DS", b"abc "), "unsupported_image",
-         "(0028,1053) Rescale Slope 'abc'"),
-        ("patient-id-as-binary-OB", 0x00100020, _explicit_element(0x00100020, b"OB", b"\xff\x00\xfe\x01"),
-         PROCESSED, "(0010,0020) Patient ID written with VR OB and binary bytes"),
-        ("pixel-data-odd-length", 0x7FE00010, _explicit_element(0x7FE00010, b"OW", b"\x01\x02\x03"),
-         "unreadable_dicom", "(7FE0,0010) 3 bytes for a 64 x 64 frame"),
-        ("pixel-data-undefined-length-native", 0x7FE00010,
-         struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 0xFFFFFFFF) + b"\x00" * 16, "unreadable_dicom",
-         "native (7FE0,0010) with undefined length"),
-        ("sop-class-garbage", 0x00080016, _explicit_element(0x00080016, b"UI", b"\xff\xfe\x00\x01"), PROCESSED,
-         "(0008,0016) SOP Class UID of binary bytes"),
+        (
+            "rows-as-LO-text",
+            0x00280010,
+            _explicit_element(0x00280010, b"LO", b"huge"),
+            "unsupported_image",
+            "(0028,0010) Rows written with VR LO and a text value",
+        ),
+        (
+            "rows-3-bytes",
+            0x00280010,
+            _explicit_element(0x00280010, b"US", b"\x40\x00\x00"),
+            "unreadable_dicom",
+            "(0028,0010) Rows US with a 3-byte value",
+        ),
+        (
+            "rows-zero",
+            0x00280010,
+            _explicit_element(0x00280010, b"US", b"\x00\x00"),
+            "unsupported_image",
+            "(0028,0010) Rows 0",
+        ),
+        (
+            "bits-allocated-64",
+            0x00280100,
+            _explicit_element(0x00280100, b"US", b"\x40\x00"),
+            "unsupported_image",
+            "(0028,0100) Bits Allocated 64",
+        ),
+        (
+            "bits-allocated-zero",
+            0x00280100,
+            _explicit_element(0x00280100, b"US", b"\x00\x00"),
+            "unsupported_image",
+            "(0028,0100) Bits Allocated 0",
+        ),
+        (
+            "samples-4",
+            0x00280002,
+            _explicit_element(0x00280002, b"US", b"\x04\x00"),
+            "unsupported_image",
+            "(0028,0002) Samples per Pixel 4",
+        ),
+        (
+            "photometric-unknown",
+            0x00280004,
+            _explicit_element(0x00280004, b"CS", b"HSV "),
+            "unsupported_image",
+            "(0028,0004) HSV",
+        ),
+        (
+            "slope-not-a-number",
+            0x00281053,
+            _explicit_element(0x00281053, b"DS", b"abc "),
+            "unsupported_image",
+            "(0028,1053) Rescale Slope 'abc'",
+        ),
+        (
+            "patient-id-as-binary-OB",
+            0x00100020,
+            _explicit_element(0x00100020, b"OB", b"\xff\x00\xfe\x01"),
+            PROCESSED,
+            "(0010,0020) Patient ID written with VR OB and binary bytes",
+        ),
+        (
+            "pixel-data-odd-length",
+            0x7FE00010,
+            _explicit_element(0x7FE00010, b"OW", b"\x01\x02\x03"),
+            "unreadable_dicom",
+            "(7FE0,0010) 3 bytes for a 64 x 64 frame",
+        ),
+        (
+            "pixel-data-undefined-length-native",
+            0x7FE00010,
+            struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, 0xFFFFFFFF) + b"\x00" * 16,
+            "unreadable_dicom",
+            "native (7FE0,0010) with undefined length",
+        ),
+        (
+            "sop-class-garbage",
+            0x00080016,
+            _explicit_element(0x00080016, b"UI", b"\xff\xfe\x00\x01"),
+            PROCESSED,
+            "(0008,0016) SOP Class UID of binary bytes",
+        ),
     ]
     for label, tag, new, expect, note in edits:
         name = f"header/{label}.dcm"
@@ -201,15 +259,23 @@ def _wrong_headers(folder: Path) -> list[CorpusEntry]:
 
     ds = valid_dataset(2)
     ds.file_meta.TransferSyntaxUID = UID("1.2.3.4.5.6.7")
-    _write(folder, "header/unknown-transfer-syntax.dcm", dataset_bytes(ds, enforce=False, implicit_vr=False, little_endian=True))
+    _write(
+        folder,
+        "header/unknown-transfer-syntax.dcm",
+        dataset_bytes(ds, enforce=False, implicit_vr=False, little_endian=True),
+    )
     entries.append(CorpusEntry("header/unknown-transfer-syntax.dcm", "decode_error", "transfer syntax 1.2.3.4.5.6.7"))
 
     explicit = dataset_bytes(valid_dataset(3))
     lie = str(ImplicitVRLittleEndian).encode().ljust(20, b"\x00")  # same length: the meta stays valid
-    _write(folder, "header/meta-says-implicit-body-explicit.dcm",
-           explicit.replace(b"1.2.840.10008.1.2.1\x00", lie, 1))
-    entries.append(CorpusEntry("header/meta-says-implicit-body-explicit.dcm", PROCESSED,
-                               "File Meta says Implicit VR, the body is Explicit (pydicom detects it)"))
+    _write(folder, "header/meta-says-implicit-body-explicit.dcm", explicit.replace(b"1.2.840.10008.1.2.1\x00", lie, 1))
+    entries.append(
+        CorpusEntry(
+            "header/meta-says-implicit-body-explicit.dcm",
+            PROCESSED,
+            "File Meta says Implicit VR, the body is Explicit (pydicom detects it)",
+        )
+    )
 
     ds = valid_dataset(4)
     ds.Modality = "CT"
@@ -224,8 +290,9 @@ def _wrong_headers(folder: Path) -> list[CorpusEntry]:
     ds = valid_dataset(6)
     del ds.PixelData
     _write(folder, "header/image-without-pixel-data.dcm", dataset_bytes(ds))
-    entries.append(CorpusEntry("header/image-without-pixel-data.dcm", "unreadable_dicom",
-                               "CR Image Storage without (7FE0,0010)"))
+    entries.append(
+        CorpusEntry("header/image-without-pixel-data.dcm", "unreadable_dicom", "CR Image Storage without (7FE0,0010)")
+    )
     return entries
 
 
@@ -311,10 +378,20 @@ def _charsets(folder: Path) -> list[CorpusEntry]:
 
     add("unknown-charset", "ISO_IR 999", b"M\xfcller^J", b"CS-UNKNOWN", "(0008,0005) ISO_IR 999 (unknown)")
     add("utf8-invalid-bytes", "ISO_IR 192", b"\xff\xfe\xc3(^\x80", b"CS-\xff\xfe", "ISO_IR 192 with invalid UTF-8")
-    add("iso2022-japanese", ["", "ISO 2022 IR 87"], b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B",
-        b"CS-2022", "multi-valued ISO 2022 with JIS X 0208 escapes")
-    add("iso2022-bad-escape", ["", "ISO 2022 IR 87"], b"\x1b$Z\x00\xff^x", b"CS-ESC\x1b$Z",
-        "ISO 2022 with an unknown escape sequence")
+    add(
+        "iso2022-japanese",
+        ["", "ISO 2022 IR 87"],
+        b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B",
+        b"CS-2022",
+        "multi-valued ISO 2022 with JIS X 0208 escapes",
+    )
+    add(
+        "iso2022-bad-escape",
+        ["", "ISO 2022 IR 87"],
+        b"\x1b$Z\x00\xff^x",
+        b"CS-ESC\x1b$Z",
+        "ISO 2022 with an unknown escape sequence",
+    )
     add("latin1-declared-ascii", None, b"M\xfcller", b"CS-\xe9\xe8", "no (0008,0005) and Latin-1 bytes")
     return entries
 

@@ -84,15 +84,27 @@ def warm_up(url: str, token: str, inputs: Path, timeout: float = 240.0) -> None:
     """One single inference: the worker's child loads the model on its first task (tens of
     seconds on a busy 2-core machine), which must not happen inside a measured window."""
     body = json.dumps({"input_image_path": str(min(inputs.glob("*.dcm"))), "save_to_disk": False}).encode()
-    request = urllib.request.Request(url + "/single_inference", data=body, method="POST",
-                                     headers={"Authorization": token, "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + "/single_inference",
+        data=body,
+        method="POST",
+        headers={"Authorization": token, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         assert resp.status == 200, resp.read()[:500]
 
 
 @contextmanager
-def live_service(tmp: Path, redis_url: str, *, api_workers: int = 2, api_threads: int = 8,
-                 phantoms: int = 3, phantom_size: int = 96, **api_env: str) -> Iterator[LiveService]:
+def live_service(
+    tmp: Path,
+    redis_url: str,
+    *,
+    api_workers: int = 2,
+    api_threads: int = 8,
+    phantoms: int = 3,
+    phantom_size: int = 96,
+    **api_env: str,
+) -> Iterator[LiveService]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushdb()
     data, logs = tmp / "data", tmp / "logs"
@@ -101,20 +113,37 @@ def live_service(tmp: Path, redis_url: str, *, api_workers: int = 2, api_threads
     jwt_secret = "jwt-" + secrets.token_hex(24)
     flower_password = "flower-" + secrets.token_hex(12)
     port = free_port()
-    env = worker_env(redis_url, CXR_JWT_SECRET=jwt_secret, FLOWER_BASIC_AUTH=f"ops:{flower_password}",
-                     CXR_DATA_ROOTS=str(data), CXR_HOST="127.0.0.1", CXR_PORT=str(port),
-                     CXR_API_WORKERS=str(api_workers), CXR_API_THREADS=str(api_threads),
-                     CXR_SINGLE_WAIT_S="60", CXR_BULK_WAIT_S="60", CXR_POLL_INTERVAL_S="0.1",
-                     PYTHONUNBUFFERED="1", **api_env)  # the access log is read while gunicorn runs
+    env = worker_env(
+        redis_url,
+        CXR_JWT_SECRET=jwt_secret,
+        FLOWER_BASIC_AUTH=f"ops:{flower_password}",
+        CXR_DATA_ROOTS=str(data),
+        CXR_HOST="127.0.0.1",
+        CXR_PORT=str(port),
+        CXR_API_WORKERS=str(api_workers),
+        CXR_API_THREADS=str(api_threads),
+        CXR_SINGLE_WAIT_S="60",
+        CXR_BULK_WAIT_S="60",
+        CXR_POLL_INTERVAL_S="0.1",
+        PYTHONUNBUFFERED="1",
+        **api_env,
+    )  # the access log is read while gunicorn runs
     from api import create_app
     from api.auth import issue_token
 
-    token = issue_token(create_app({"REDIS_URL": redis_url, "CXR_JWT_SECRET": jwt_secret,
-                                    "CXR_DATA_ROOTS": str(data)}), "live-test")
+    token = issue_token(
+        create_app({"REDIS_URL": redis_url, "CXR_JWT_SECRET": jwt_secret, "CXR_DATA_ROOTS": str(data)}), "live-test"
+    )
     worker = WorkerProcess("live", logs / "worker.log", env)
     access, errors = (logs / "access.log").open("wb"), (logs / "api.log").open("wb")
-    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
-                           cwd=ROOT, env=env, stdout=access, stderr=errors, start_new_session=True)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=access,
+        stderr=errors,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/ping", api, logs / "api.log")
@@ -122,8 +151,18 @@ def live_service(tmp: Path, redis_url: str, *, api_workers: int = 2, api_threads
 
         worker.wait_ready(create_celery_app(redis_url))
         warm_up(url, token, inputs)
-        yield LiveService(url=url, redis_url=redis_url, data=data, inputs=inputs, logs=logs, jwt_secret=jwt_secret,
-                          flower_password=flower_password, token=token, worker=worker, redis=client)
+        yield LiveService(
+            url=url,
+            redis_url=redis_url,
+            data=data,
+            inputs=inputs,
+            logs=logs,
+            jwt_secret=jwt_secret,
+            flower_password=flower_password,
+            token=token,
+            worker=worker,
+            redis=client,
+        )
     finally:
         worker.stop()
         stop_group(Child("api", api, logs / "api.log"))

@@ -34,8 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_env(redis_url: str = REDIS_TEST_URL, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, REDIS_URL=redis_url, TF_CPP_MIN_LOG_LEVEL="2", CXR_TF_THREADS="1",
-               PYTHONPATH=str(ROOT))
+    env = dict(os.environ, REDIS_URL=redis_url, TF_CPP_MIN_LOG_LEVEL="2", CXR_TF_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(extra)
     return env
 
@@ -46,11 +45,27 @@ class WorkerProcess:
     def __init__(self, name: str, log: Path, env: dict[str, str], concurrency: int = 1) -> None:
         self.name = f"{name}@{os.uname().nodename}"
         self.log = log
-        cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "inference,celery",
-               "-c", str(concurrency), "-n", self.name, "--loglevel=INFO", "--without-mingle", "--without-gossip"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "inference,celery",
+            "-c",
+            str(concurrency),
+            "-n",
+            self.name,
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         self.handle = log.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.handle, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, app: Any, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -65,7 +80,6 @@ class WorkerProcess:
     def stop(self) -> None:
         stop_group(Child(self.name, self.proc, self.log))
         self.handle.close()
-
 
 
 @contextmanager

@@ -48,12 +48,20 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app(redis_client: redis.Redis, data_root: Path) -> Any:
     from api import create_app
 
-    return create_app({"TESTING": True, "REDIS_URL": REDIS_TEST_URL, "CXR_JWT_SECRET": SECRET,
-                       "CXR_DATA_ROOTS": str(data_root), "CXR_BULK_WAIT_S": 120.0,
-                       "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1,
-                       # Every test client request comes from 127.0.0.1; the auth tests alone
-                       # fail a dozen times a minute. test_rate_limit.py tests the limit itself.
-                       "CXR_AUTH_FAIL_LIMIT": "1000 per minute"})
+    return create_app(
+        {
+            "TESTING": True,
+            "REDIS_URL": REDIS_TEST_URL,
+            "CXR_JWT_SECRET": SECRET,
+            "CXR_DATA_ROOTS": str(data_root),
+            "CXR_BULK_WAIT_S": 120.0,
+            "CXR_SINGLE_WAIT_S": 60.0,
+            "CXR_POLL_INTERVAL_S": 0.1,
+            # Every test client request comes from 127.0.0.1; the auth tests alone
+            # fail a dozen times a minute. test_rate_limit.py tests the limit itself.
+            "CXR_AUTH_FAIL_LIMIT": "1000 per minute",
+        }
+    )
 
 
 @pytest.fixture()
@@ -80,8 +88,7 @@ def worker(app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worke
 
 
 @pytest.fixture(scope="session")
-def second_worker(worker: WorkerProcess, app: Any,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def second_worker(worker: WorkerProcess, app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     with running_worker("w2", app, tmp_path_factory.mktemp("logs") / "w2.log", worker_env()) as w:
         yield w
 
@@ -94,8 +101,6 @@ def small_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small-phantoms")
     write_phantoms(out, 6, seed=777, size=256)
     return out
-
-
 
 
 @pytest.fixture(scope="session")

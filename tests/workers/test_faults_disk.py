@@ -34,12 +34,15 @@ def tmpfs(mount_point: Path, size_kib: int, *, read_only: bool = False) -> Itera
     mounting was refused and the caller must use the squatting fallback."""
     mount_point.mkdir(parents=True, exist_ok=True)
     options = f"size={size_kib}k" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
-        warnings.warn(f"mount -t tmpfs refused ({done.stderr.strip()}): falling back to a file squatting "
-                      f"on {mount_point}/.tmp instead of a real {'read-only' if read_only else 'full'} disk",
-                      stacklevel=2)
+        warnings.warn(
+            f"mount -t tmpfs refused ({done.stderr.strip()}): falling back to a file squatting "
+            f"on {mount_point}/.tmp instead of a real {'read-only' if read_only else 'full'} disk",
+            stacklevel=2,
+        )
         yield None
         return
     try:
@@ -73,8 +76,16 @@ def disk_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Pa
     write_phantoms(root / "in", 4, seed=6161, size=128)
     client = redis.Redis.from_url(DISK_DB_URL)
     client.flushdb()
-    app = create_app({"REDIS_URL": DISK_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(root),
-                      "CXR_BULK_WAIT_S": 60.0, "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1})
+    app = create_app(
+        {
+            "REDIS_URL": DISK_DB_URL,
+            "CXR_JWT_SECRET": SECRET,
+            "CXR_DATA_ROOTS": str(root),
+            "CXR_BULK_WAIT_S": 60.0,
+            "CXR_SINGLE_WAIT_S": 60.0,
+            "CXR_POLL_INTERVAL_S": 0.1,
+        }
+    )
     worker = WorkerProcess("disk-faults", root / "worker.log", worker_env(DISK_DB_URL))
     try:
         worker.wait_ready(app.extensions["cxr_celery"])
@@ -93,8 +104,9 @@ def _assert_nothing_published(output: Path, allowed: set[str]) -> None:
 
 
 def _bulk_skips_every_file(app: Any, auth: dict[str, str], inp: Path, out: Path, errno_name: str | None) -> None:
-    response = app.test_client().post("/bulk_inference", headers=auth,
-                                      json={"input_folder_path": str(inp), "output_folder_path": str(out)})
+    response = app.test_client().post(
+        "/bulk_inference", headers=auth, json={"input_folder_path": str(inp), "output_folder_path": str(out)}
+    )
     assert response.status_code == 200, response.get_json()
     summary = response.get_json()["Data"]
     assert summary["status"] == "completed"
@@ -116,8 +128,9 @@ def test_full_disk_bulk_skips_each_file_and_single_answers_500(disk_env: tuple[A
         _bulk_skips_every_file(app, auth, root / "in", out, errno_name)
         _assert_nothing_published(out, {"filler"})
         image = next((root / "in").glob("*.dcm"))
-        response = app.test_client().post("/single_inference", headers=auth,
-                                          json={"input_image_path": str(image), "output_folder_path": str(out)})
+        response = app.test_client().post(
+            "/single_inference", headers=auth, json={"input_image_path": str(image), "output_folder_path": str(out)}
+        )
         assert response.status_code == 500
         assert response.get_json()["Message"] == f"Unable to create output folder: {out}"
         _assert_nothing_published(out, {"filler"})
@@ -143,8 +156,11 @@ def test_read_only_output_folder_is_refused_up_front(disk_env: tuple[Any, Path, 
     with tmpfs(out, 64, read_only=True) as errno_name:
         if errno_name is None:
             pytest.fail("mount -t tmpfs was refused: a read-only output folder cannot be made here")
-        response = app.test_client().post("/bulk_inference", headers=auth,
-                                          json={"input_folder_path": str(root / "in"), "output_folder_path": str(out)})
+        response = app.test_client().post(
+            "/bulk_inference",
+            headers=auth,
+            json={"input_folder_path": str(root / "in"), "output_folder_path": str(out)},
+        )
         assert response.status_code == 500
         assert response.get_json()["Message"] == f"Unable to create output folder: {out}"
         assert list(out.iterdir()) == []

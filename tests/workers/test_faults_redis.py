@@ -54,8 +54,15 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def api(server: PrivateRedis, root: Path) -> Any:
     from api import create_app
 
-    return create_app({"REDIS_URL": server.url, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(root),
-                       "CXR_BULK_WAIT_S": 0.0, "CXR_POLL_INTERVAL_S": 0.1})
+    return create_app(
+        {
+            "REDIS_URL": server.url,
+            "CXR_JWT_SECRET": SECRET,
+            "CXR_DATA_ROOTS": str(root),
+            "CXR_BULK_WAIT_S": 0.0,
+            "CXR_POLL_INTERVAL_S": 0.1,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +91,11 @@ def inputs(root: Path) -> Path:
 
 
 def _submit(api: Any, auth: dict[str, str], inp: Path, out: Path) -> tuple[str, str]:
-    response = api.test_client().post("/bulk_inference", headers=auth, json={
-        "input_folder_path": str(inp), "output_folder_path": str(out), "wait": False})
+    response = api.test_client().post(
+        "/bulk_inference",
+        headers=auth,
+        json={"input_folder_path": str(inp), "output_folder_path": str(out), "wait": False},
+    )
     assert response.status_code == 202, response.get_json()
     return response.get_json()["Data"]["job_id"], response.get_json()["Data"]["status_url"]
 
@@ -106,13 +116,16 @@ def _wait_recorded(url: str, job_id: str, count: int, timeout: float = 60) -> No
 
 
 def test_redis_down_the_api_answers_503_fast_and_ping_still_answers(
-        server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path,
-        root: Path) -> None:
+    server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path, root: Path
+) -> None:
     client = api.test_client()
     image = str(next(inputs.glob("*.dcm")))
-    requests = [("get", "/health", None), ("get", "/jobs/0123456789abcdef", None),
-                ("post", "/bulk_inference", {"input_folder_path": str(inputs), "output_folder_path": str(root / "o")}),
-                ("post", "/single_inference", {"input_image_path": image, "output_folder_path": str(root / "o")})]
+    requests = [
+        ("get", "/health", None),
+        ("get", "/jobs/0123456789abcdef", None),
+        ("post", "/bulk_inference", {"input_folder_path": str(inputs), "output_folder_path": str(root / "o")}),
+        ("post", "/single_inference", {"input_image_path": image, "output_folder_path": str(root / "o")}),
+    ]
     server.stop()
     try:
         for method, url, body in requests:
@@ -137,8 +150,8 @@ def test_redis_down_the_api_answers_503_fast_and_ping_still_answers(
 
 
 def test_redis_restarted_mid_job_with_its_data_the_job_ends_with_every_file_accounted_for(
-        server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path,
-        root: Path) -> None:
+    server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path, root: Path
+) -> None:
     out = root / "restart-aof"
     job_id, status_url = _submit(api, auth, inputs, out)
     _wait_recorded(server.url, job_id, 5)
@@ -158,8 +171,8 @@ def test_redis_restarted_mid_job_with_its_data_the_job_ends_with_every_file_acco
 
 
 def test_redis_restarted_mid_job_without_its_data_the_job_is_not_found(
-        server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path,
-        root: Path) -> None:
+    server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path, root: Path
+) -> None:
     """Everything in Redis is lost: the job record too. The answer is 404 (never a job
     "running" forever), files in flight leave no half record behind, and the worker
     takes the next job."""
@@ -182,8 +195,8 @@ def test_redis_restarted_mid_job_without_its_data_the_job_is_not_found(
 
 
 def test_lost_messages_make_the_job_fail_with_the_lost_files_named(
-        server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path,
-        root: Path) -> None:
+    server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path, root: Path
+) -> None:
     """The inference queue is deleted mid-job (the messages are lost, Redis keeps running):
     the watchdog finds the job without progress and without messages, and fails it with
     every unprocessed file skipped as ``lost``."""
@@ -226,8 +239,11 @@ def test_a_job_whose_tasks_cannot_be_sent_is_failed_at_once(inputs: Path, root: 
         unreachable.conf.update(broker_connection_timeout=1.0, broker_connection_max_retries=1)
         app.extensions["cxr_celery"] = unreachable
         started = time.monotonic()
-        response = app.test_client().post("/bulk_inference", headers={"Authorization": issue_token(app, "x")},
-                                          json={"input_folder_path": str(inputs), "output_folder_path": str(root / "unsent")})
+        response = app.test_client().post(
+            "/bulk_inference",
+            headers={"Authorization": issue_token(app, "x")},
+            json={"input_folder_path": str(inputs), "output_folder_path": str(root / "unsent")},
+        )
         assert time.monotonic() - started < 10
         assert response.status_code == 503
         assert response.get_json()["Message"] == BROKER_DOWN

@@ -61,10 +61,14 @@ def test_a_job_with_a_message_queued_or_held_is_alive(store: JobStore) -> None:
 def test_a_stalled_job_is_failed_on_the_second_sweep_with_its_lost_files(store: JobStore, tmp_path: Any) -> None:
     from workers.app import create_celery_app
 
-    store.create("bbbb", paths=["/in/0.dcm", "/in/1.dcm", "/in/2.dcm"], input_path="/in",
-                 output_path=str(tmp_path), layout="patient")
-    store.record_file("bbbb", 0, {"path": "/in/0.dcm", "status": "skipped", "reason": "decode_error",
-                                  "detail": "bad"})
+    store.create(
+        "bbbb",
+        paths=["/in/0.dcm", "/in/1.dcm", "/in/2.dcm"],
+        input_path="/in",
+        output_path=str(tmp_path),
+        layout="patient",
+    )
+    store.record_file("bbbb", 0, {"path": "/in/0.dcm", "status": "skipped", "reason": "decode_error", "detail": "bad"})
     now = float(store.meta("bbbb")["updated_at"])
     kwargs = {"grace_s": 10.0, "interval_s": 1.0, "hard_limit_s": 300.0}
     assert sweep(store, QUEUES, _no_outcome, now=now + 5, **kwargs) == []  # within the grace period
@@ -79,7 +83,10 @@ def test_a_stalled_job_is_failed_on_the_second_sweep_with_its_lost_files(store: 
     summary = progress.summary
     assert summary["status"] == "failed"
     assert [(s["path"], s["reason"]) for s in summary["skipped"]] == [
-        ("/in/0.dcm", "decode_error"), ("/in/1.dcm", "lost"), ("/in/2.dcm", "lost")]
+        ("/in/0.dcm", "decode_error"),
+        ("/in/1.dcm", "lost"),
+        ("/in/2.dcm", "lost"),
+    ]
     assert store.active_jobs() == []
     assert (tmp_path / ".jobs" / "bbbb.json").is_file()
     assert sweep(store, QUEUES, _no_outcome, now=now + 30, **kwargs) == []  # finished: left alone

@@ -43,8 +43,12 @@ pytestmark = pytest.mark.service  # starts its own worker, API or Redis processe
 FAULTS_DB_URL = redis_db_url("faults_workers")
 MAX_DELIVERIES = 3
 log = logging.getLogger(__name__)
-WORKER_SETTINGS = {"CXR_VISIBILITY_TIMEOUT_S": "15", "CXR_MAX_DELIVERIES": str(MAX_DELIVERIES),
-                   "CXR_WATCHDOG_INTERVAL_S": "2", "CXR_STALL_GRACE_S": "120"}
+WORKER_SETTINGS = {
+    "CXR_VISIBILITY_TIMEOUT_S": "15",
+    "CXR_MAX_DELIVERIES": str(MAX_DELIVERIES),
+    "CXR_WATCHDOG_INTERVAL_S": "2",
+    "CXR_STALL_GRACE_S": "120",
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +58,16 @@ def faults_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, 
     root = tmp_path_factory.mktemp("faults-workers")
     client = redis.Redis.from_url(FAULTS_DB_URL)
     client.flushdb()
-    app = create_app({"REDIS_URL": FAULTS_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(root),
-                      "CXR_BULK_WAIT_S": 0.0, "CXR_SINGLE_WAIT_S": 60.0, "CXR_POLL_INTERVAL_S": 0.1})
+    app = create_app(
+        {
+            "REDIS_URL": FAULTS_DB_URL,
+            "CXR_JWT_SECRET": SECRET,
+            "CXR_DATA_ROOTS": str(root),
+            "CXR_BULK_WAIT_S": 0.0,
+            "CXR_SINGLE_WAIT_S": 60.0,
+            "CXR_POLL_INTERVAL_S": 0.1,
+        }
+    )
     try:
         yield app, root
     finally:
@@ -89,8 +101,11 @@ def _submit(app: Any, inp: Path, out: Path) -> tuple[str, str, dict[str, str]]:
     from api.auth import issue_token
 
     auth = {"Authorization": issue_token(app, "faults")}
-    response = app.test_client().post("/bulk_inference", headers=auth, json={
-        "input_folder_path": str(inp), "output_folder_path": str(out), "wait": False})
+    response = app.test_client().post(
+        "/bulk_inference",
+        headers=auth,
+        json={"input_folder_path": str(inp), "output_folder_path": str(out), "wait": False},
+    )
     assert response.status_code == 202, response.get_json()
     data = response.get_json()["Data"]
     return data["job_id"], data["status_url"], auth
@@ -102,7 +117,8 @@ def _index(task_id: str) -> int | None:
 
 
 def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
-        faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]) -> None:
+    faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]
+) -> None:
     """100 files, three workers. During the job: file 20 kills its process every time it runs
     (a poison file), file 40's process is killed once, and the worker running file 60
     is killed whole (its file comes back after the visibility timeout). The job completes; file 20 is skipped as
@@ -153,9 +169,11 @@ def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
             body = wait_for_job(app.test_client(), auth, status_url, timeout=180)
         except AssertionError:
             raw = redis.Redis.from_url(FAULTS_DB_URL)
-            raise AssertionError(f"job stuck; kills {killer.kills}; unacked {raw.hkeys('unacked')}, "
-                                 f"mutex ttl {raw.ttl('unacked_mutex')}, queue {raw.llen('inference')}, "
-                                 f"recorded {sorted(int(i) for i in raw.hkeys(f'cxr:job:{job_id}:files'))}") from None
+            raise AssertionError(
+                f"job stuck; kills {killer.kills}; unacked {raw.hkeys('unacked')}, "
+                f"mutex ttl {raw.ttl('unacked_mutex')}, queue {raw.llen('inference')}, "
+                f"recorded {sorted(int(i) for i in raw.hkeys(f'cxr:job:{job_id}:files'))}"
+            ) from None
 
     log.info("100-file job with %d kills finished in %.1f s", len(killer.kills), time.monotonic() - started)
     summary = body["Data"]
@@ -166,8 +184,11 @@ def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
     assert summary["status"] == "completed", summary
     assert summary["processed"] == 99
     [skip] = summary["skipped"]
-    assert skip == {"path": str(inputs[poison]), "reason": "worker_lost",
-                    "detail": f"the worker process died {MAX_DELIVERIES} times while processing this file; given up"}
+    assert skip == {
+        "path": str(inputs[poison]),
+        "reason": "worker_lost",
+        "detail": f"the worker process died {MAX_DELIVERIES} times while processing this file; given up",
+    }
     # The killed files were processed after all, by a later delivery.
     assert str(inputs[victim]) in summary["outputs"]
     assert str(inputs[whole]) in summary["outputs"]
@@ -175,7 +196,8 @@ def test_a_job_survives_killed_processes_a_killed_worker_and_a_poison_file(
 
 
 def test_sigterm_lets_a_worker_finish_its_file_and_the_job_completes(
-        faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]) -> None:
+    faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]
+) -> None:
     """SIGTERM to a worker's main process while it processes a file: warm shutdown, the
     file is finished by that worker (its log says the task succeeded), the worker exits
     cleanly, and the other worker completes the job; every file is published once."""
@@ -209,7 +231,8 @@ def test_sigterm_lets_a_worker_finish_its_file_and_the_job_completes(
 
 
 def test_single_inference_whose_process_dies_answers_500_at_once(
-        faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]) -> None:
+    faults_app: tuple[Any, Path], workers: dict[str, WorkerProcess]
+) -> None:
     """Single inference is not redelivered (no delivery cap protects it): the client gets
     the internal-error 500 as soon as the process dies, not after its whole wait."""
     from api.auth import issue_token
@@ -219,15 +242,19 @@ def test_single_inference_whose_process_dies_answers_500_at_once(
     assert _alive(workers)
     inp = root / "single-in"
     write_phantoms(inp, 1, seed=4444, size=3072, compression="j2k")
-    killer = TaskKiller(app.extensions["cxr_celery"],
-                        lambda task_id, worker, pid: "child" if task_id.startswith("single-") else None,
-                        lambda name: None)
+    killer = TaskKiller(
+        app.extensions["cxr_celery"],
+        lambda task_id, worker, pid: "child" if task_id.startswith("single-") else None,
+        lambda name: None,
+    )
     killer.start()
     try:
         started = time.monotonic()
-        response = app.test_client().post("/single_inference", headers={"Authorization": issue_token(app, "s")},
-                                          json={"input_image_path": str(next(inp.glob("*.dcm"))),
-                                                "output_folder_path": str(root / "single-out")})
+        response = app.test_client().post(
+            "/single_inference",
+            headers={"Authorization": issue_token(app, "s")},
+            json={"input_image_path": str(next(inp.glob("*.dcm"))), "output_folder_path": str(root / "single-out")},
+        )
         elapsed = time.monotonic() - started
     finally:
         killer.stop()
@@ -235,5 +262,7 @@ def test_single_inference_whose_process_dies_answers_500_at_once(
     assert response.status_code == 500
     assert response.get_json()["Message"] == "Single Inference failed due to an internal error"
     assert elapsed < 30  # the wait limit is 60 s; a redelivered task would run (and die) again
-    assert not (root / "single-out").exists() or [p.name for p in (root / "single-out").iterdir()
-                                                   if not p.name.startswith(".")] == []
+    assert (
+        not (root / "single-out").exists()
+        or [p.name for p in (root / "single-out").iterdir() if not p.name.startswith(".")] == []
+    )

@@ -29,8 +29,14 @@ from tests.inference.test_fuzz_corpus import (
 from tests.support.fuzz_corpus import PROCESSED, build_corpus
 from tests.support.service import WorkerProcess
 
-UNKNOWN_FIELDS = {"priority": "high", "callback_url": "http://example.invalid/", "__proto__": {"admin": True},
-                  "input_image_path2": 7, "Wait": False, "LAYOUT": None}
+UNKNOWN_FIELDS = {
+    "priority": "high",
+    "callback_url": "http://example.invalid/",
+    "__proto__": {"admin": True},
+    "input_image_path2": 7,
+    "Wait": False,
+    "LAYOUT": None,
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +68,14 @@ def _post(client: Any, auth: dict[str, str], path: str, body: Any, **kwargs: Any
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_fuzz_corpus_as_a_bulk_job(client: Any, auth: dict[str, str], worker: WorkerProcess, data_root: Path,
-                                   hostile: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_fuzz_corpus_as_a_bulk_job(
+    client: Any,
+    auth: dict[str, str],
+    worker: WorkerProcess,
+    data_root: Path,
+    hostile: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     """Every corpus file and every trap (links out of the roots, a loop, a FIFO, a name
     that is not UTF-8) ends processed or skipped with a reason; the job completes; the
     whole temporary tree changes only inside the output folder."""
@@ -74,7 +86,9 @@ def test_fuzz_corpus_as_a_bulk_job(client: Any, auth: dict[str, str], worker: Wo
         entries = build_corpus(inp)
     expected = {str(inp / e.name): e.expect for e in entries}
     traps = {
-        "out-file.dcm": "outside_data_roots", "out-dir": "outside_data_roots", "pipe.dcm": "unreadable_dicom",
+        "out-file.dcm": "outside_data_roots",
+        "out-dir": "outside_data_roots",
+        "pipe.dcm": "unreadable_dicom",
     }
     (inp / "traps").mkdir()
     (inp / "traps" / "out-file.dcm").symlink_to(hostile["outside"] / "secret.dcm")
@@ -90,8 +104,12 @@ def test_fuzz_corpus_as_a_bulk_job(client: Any, auth: dict[str, str], worker: Wo
     tmp_root = tmp_path_factory.getbasetemp()
     logs = {p.name for p in tmp_root.iterdir() if p.name.startswith("logs")}  # the worker's log grows
     before = {k: v for k, v in tree_snapshot(tmp_root).items() if k.split(os.sep)[0] not in logs}
-    status, message, data = _post(client, auth, "/bulk_inference",
-                                  {"input_folder_path": str(inp), "output_folder_path": str(out), **UNKNOWN_FIELDS})
+    status, message, data = _post(
+        client,
+        auth,
+        "/bulk_inference",
+        {"input_folder_path": str(inp), "output_folder_path": str(out), **UNKNOWN_FIELDS},
+    )
     after = {k: v for k, v in tree_snapshot(tmp_root).items() if k.split(os.sep)[0] not in logs}
 
     assert (status, message) == (200, "Bulk inference completed successfully."), data
@@ -112,24 +130,33 @@ def test_fuzz_corpus_as_a_bulk_job(client: Any, auth: dict[str, str], worker: Wo
     assert (out / ".jobs" / f"{data['job_id']}.json").is_file()
 
 
-def test_a_job_whose_every_file_is_refused_still_finishes(client: Any, auth: dict[str, str], worker: WorkerProcess,
-                                                           hostile: dict[str, Path]) -> None:
+def test_a_job_whose_every_file_is_refused_still_finishes(
+    client: Any, auth: dict[str, str], worker: WorkerProcess, hostile: dict[str, Path]
+) -> None:
     folder = hostile["base"] / "only-refused"
-    status, message, data = _post(client, auth, "/bulk_inference",
-                                  {"input_folder_path": str(folder), "output_folder_path": str(folder / "o")})
+    status, message, data = _post(
+        client, auth, "/bulk_inference", {"input_folder_path": str(folder), "output_folder_path": str(folder / "o")}
+    )
     assert (status, message) == (200, "Bulk inference completed successfully."), data
     assert (data["total"], data["processed"]) == (1, 0)
-    assert data["skipped"] == [{"path": str(folder / "out.dcm"), "reason": "outside_data_roots",
-                                "detail": "symbolic link to a file outside the data roots (CXR_DATA_ROOTS): "
-                                          "not followed"}]
+    assert data["skipped"] == [
+        {
+            "path": str(folder / "out.dcm"),
+            "reason": "outside_data_roots",
+            "detail": "symbolic link to a file outside the data roots (CXR_DATA_ROOTS): not followed",
+        }
+    ]
 
 
 @pytest.mark.parametrize("endpoint", ["/bulk_inference", "/single_inference"])
 def test_output_folder_cannot_be_or_pass_through_a_link_out_of_the_roots(
-        client: Any, auth: dict[str, str], hostile: dict[str, Path], endpoint: str) -> None:
+    client: Any, auth: dict[str, str], hostile: dict[str, Path], endpoint: str
+) -> None:
     base = hostile["base"]
-    source = {"/bulk_inference": {"input_folder_path": str(base / "image")},
-              "/single_inference": {"input_image_path": str(base / "image" / "x.dcm")}}[endpoint]
+    source = {
+        "/bulk_inference": {"input_folder_path": str(base / "image")},
+        "/single_inference": {"input_image_path": str(base / "image" / "x.dcm")},
+    }[endpoint]
     for output in (base / "out-link", base / "out-link" / "new", base / "out-link" / "dir" / "deeper"):
         status, message, _ = _post(client, auth, endpoint, {**source, "output_folder_path": str(output)})
         assert (status, message) == (400, f"Path is outside the allowed data roots: {output}")
@@ -139,12 +166,22 @@ def test_output_folder_cannot_be_or_pass_through_a_link_out_of_the_roots(
 # -------------------------------------------------------------- wrong types, every field
 
 HUGE = "x" * 100_000
-WRONG = {"int": 7, "float": 1.5, "bool": True, "null": None, "list": ["a", 1], "dict": {"a": 1}, "empty": "",
-         "huge": HUGE}
+WRONG = {
+    "int": 7,
+    "float": 1.5,
+    "bool": True,
+    "null": None,
+    "list": ["a", 1],
+    "dict": {"a": 1},
+    "empty": "",
+    "huge": HUGE,
+}
 REQUIRED = {
     ("/single_inference", "input_image_path"): "input_image_path is required in the request",
-    ("/single_inference", "output_folder_path"):
-        "output_folder_path is required in the request when save_to_disk is True",
+    (
+        "/single_inference",
+        "output_folder_path",
+    ): "output_folder_path is required in the request when save_to_disk is True",
     ("/bulk_inference", "input_folder_path"): "input_folder_path is required in the request",
     ("/bulk_inference", "output_folder_path"): "output_folder_path is required in the request",
 }
@@ -169,31 +206,47 @@ FIELDS += [("/bulk_inference", f) for f in ("input_folder_path", "output_folder_
 
 # Every (field, wrong value) pair; a value that is right for the field (a boolean for
 # ``wait``, null for the optional ``patient_id``) is not a case.
-CASES = [(endpoint, field, kind) for endpoint, field in FIELDS for kind in WRONG
-         if expected_message(endpoint, field, WRONG[kind]) is not None]
+CASES = [
+    (endpoint, field, kind)
+    for endpoint, field in FIELDS
+    for kind in WRONG
+    if expected_message(endpoint, field, WRONG[kind]) is not None
+]
 
 
 @pytest.mark.parametrize(("endpoint", "field", "kind"), CASES)
-def test_every_field_refuses_every_wrong_type(client: Any, auth: dict[str, str], hostile: dict[str, Path],
-                                              endpoint: str, field: str, kind: str) -> None:
+def test_every_field_refuses_every_wrong_type(
+    client: Any, auth: dict[str, str], hostile: dict[str, Path], endpoint: str, field: str, kind: str
+) -> None:
     value = WRONG[kind]
     message = expected_message(endpoint, field, value)
     base = hostile["base"]
-    valid = {"/single_inference": {"input_image_path": str(base / "image" / "x.dcm"), "save_to_disk": True,
-                                   "output_folder_path": str(base / "o"), "patient_id": "P-1"},
-             "/bulk_inference": {"input_folder_path": str(base / "image"), "output_folder_path": str(base / "o"),
-                                 "wait": True, "layout": "patient"}}[endpoint]
+    valid = {
+        "/single_inference": {
+            "input_image_path": str(base / "image" / "x.dcm"),
+            "save_to_disk": True,
+            "output_folder_path": str(base / "o"),
+            "patient_id": "P-1",
+        },
+        "/bulk_inference": {
+            "input_folder_path": str(base / "image"),
+            "output_folder_path": str(base / "o"),
+            "wait": True,
+            "layout": "patient",
+        },
+    }[endpoint]
     assert _post(client, auth, endpoint, {**valid, field: value})[:2] == (400, message)
 
 
 @pytest.mark.parametrize("endpoint", ["/single_inference", "/bulk_inference"])
-def test_unknown_fields_are_ignored(client: Any, auth: dict[str, str], hostile: dict[str, Path],
-                                    endpoint: str) -> None:
+def test_unknown_fields_are_ignored(client: Any, auth: dict[str, str], hostile: dict[str, Path], endpoint: str) -> None:
     """The rule: fields the contract does not name are ignored, whatever their type or
     name (``Wait`` is not ``wait``). The bulk job above carries them too and succeeds."""
     missing = str(hostile["base"] / "missing")
-    body = {"/single_inference": {"input_image_path": missing + ".dcm", "output_folder_path": missing},
-            "/bulk_inference": {"input_folder_path": missing, "output_folder_path": missing}}[endpoint]
+    body = {
+        "/single_inference": {"input_image_path": missing + ".dcm", "output_folder_path": missing},
+        "/bulk_inference": {"input_folder_path": missing, "output_folder_path": missing},
+    }[endpoint]
     plain = _post(client, auth, endpoint, body)
     assert plain[0] == 400 and plain[1].endswith(" does not exist: " + body[next(iter(body))])
     assert _post(client, auth, endpoint, {**body, **UNKNOWN_FIELDS}) == plain
@@ -214,8 +267,9 @@ DEEP_BODIES = {
 
 @pytest.mark.parametrize("label", list(DEEP_BODIES))
 @pytest.mark.parametrize("endpoint", ["/single_inference", "/bulk_inference"])
-def test_deep_or_broken_json_is_415_quickly_and_logs_no_error(client: Any, auth: dict[str, str], endpoint: str,
-                                                              label: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_deep_or_broken_json_is_415_quickly_and_logs_no_error(
+    client: Any, auth: dict[str, str], endpoint: str, label: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     start = time.perf_counter()
     status, message, _ = _post(client, auth, endpoint, DEEP_BODIES[label])
@@ -225,11 +279,13 @@ def test_deep_or_broken_json_is_415_quickly_and_logs_no_error(client: Any, auth:
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-def test_nesting_the_parser_accepts_is_a_400_for_the_field(client: Any, auth: dict[str, str],
-                                                          hostile: dict[str, Path]) -> None:
+def test_nesting_the_parser_accepts_is_a_400_for_the_field(
+    client: Any, auth: dict[str, str], hostile: dict[str, Path]
+) -> None:
     nested = json.loads("[" * 900 + "]" * 900)
-    status, message, _ = _post(client, auth, "/bulk_inference",
-                               {"input_folder_path": nested, "output_folder_path": str(hostile["base"] / "o")})
+    status, message, _ = _post(
+        client, auth, "/bulk_inference", {"input_folder_path": nested, "output_folder_path": str(hostile["base"] / "o")}
+    )
     assert (status, message) == (400, f"Invalid path input_folder_path: {nested!r}")
 
 
@@ -240,21 +296,32 @@ def test_paths_that_are_not_text_or_too_long(client: Any, auth: dict[str, str], 
     assert (status, message) == (400, f"Invalid path input_folder_path: {str(base) + '/' + chr(0xDCFF)!r}")
     too_long = str(base / ("a" * 5000))
     for endpoint, body, expected in (
-            ("/bulk_inference", {"input_folder_path": too_long, "output_folder_path": str(base / "o")},
-             f"Input folder path does not exist: {too_long}"),
-            ("/single_inference", {"input_image_path": too_long + ".dcm", "output_folder_path": str(base / "o")},
-             f"Input image path does not exist: {too_long}.dcm")):
+        (
+            "/bulk_inference",
+            {"input_folder_path": too_long, "output_folder_path": str(base / "o")},
+            f"Input folder path does not exist: {too_long}",
+        ),
+        (
+            "/single_inference",
+            {"input_image_path": too_long + ".dcm", "output_folder_path": str(base / "o")},
+            f"Input image path does not exist: {too_long}.dcm",
+        ),
+    ):
         assert _post(client, auth, endpoint, body)[:2] == (400, expected)
 
 
 def test_huge_chunked_body_is_413_not_truncated(client: Any, auth: dict[str, str], hostile: dict[str, Path]) -> None:
     """Without a Content-Length werkzeug would read 1 MiB and drop the rest silently: a
     valid object padded past the limit would then be taken as the request."""
-    body = json.dumps({"input_folder_path": str(hostile["base"] / "missing"),
-                       "output_folder_path": str(hostile["base"] / "o")}).encode()
+    body = json.dumps(
+        {"input_folder_path": str(hostile["base"] / "missing"), "output_folder_path": str(hostile["base"] / "o")}
+    ).encode()
     padded = body + b" " * (2 << 20)
-    kwargs = {"input_stream": io.BytesIO(padded), "environ_overrides": {"wsgi.input_terminated": True},
-              "headers": {**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}}
+    kwargs = {
+        "input_stream": io.BytesIO(padded),
+        "environ_overrides": {"wsgi.input_terminated": True},
+        "headers": {**auth, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    }
     response = client.post("/bulk_inference", **kwargs)
     assert response.status_code == 413
     assert response.get_json() == {"Result": "Failure", "Data": None, "Message": "Request body too large"}

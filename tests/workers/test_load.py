@@ -114,8 +114,13 @@ async def run_load(live: LiveService, duration_s: float) -> Load:
             while time.perf_counter() < deadline and len(load.job_ids) < MAX_BULK_JOBS:
                 start = time.perf_counter()
                 out = live.data / "out-load" / f"bulk-{len(load.job_ids)}"
-                status, data = await call("bulk", "POST", "/bulk_inference", headers=auth, body={
-                    "input_folder_path": str(live.inputs), "output_folder_path": str(out), "wait": False})
+                status, data = await call(
+                    "bulk",
+                    "POST",
+                    "/bulk_inference",
+                    headers=auth,
+                    body={"input_folder_path": str(live.inputs), "output_folder_path": str(out), "wait": False},
+                )
                 if status != 202:
                     load.errors.append(f"bulk: {status} {data}")
                     return
@@ -143,8 +148,11 @@ async def run_load(live: LiveService, duration_s: float) -> Load:
                 load.singles.append({"status": status, "message": data and data.get("Message")})
                 load.busy.append((start, time.perf_counter()))
 
-        tasks = ([pinger() for _ in range(PING_CLIENTS)] + [status_reader() for _ in range(STATUS_CLIENTS)]
-                 + [bulk_client(), single_client()])
+        tasks = (
+            [pinger() for _ in range(PING_CLIENTS)]
+            + [status_reader() for _ in range(STATUS_CLIENTS)]
+            + [bulk_client(), single_client()]
+        )
         assert len(tasks) == CLIENTS
         await asyncio.gather(*tasks)
     return load
@@ -165,12 +173,21 @@ def test_fifty_clients_for_a_minute_no_5xx_and_ping_stays_fast(live: LiveService
     pings = [s for s in load.samples if s.kind == "ping"]
     busy_pings = [s.latency for s in pings if in_busy(s, load.busy)]
     report = {
-        "window_s": DURATION_S, "wall_s": round(wall, 1), "clients": CLIENTS, "requests": dict(by_kind),
-        "statuses": dict(sorted(statuses.items())), "bulk_jobs": len(load.jobs_done), "singles": len(load.singles),
+        "window_s": DURATION_S,
+        "wall_s": round(wall, 1),
+        "clients": CLIENTS,
+        "requests": dict(by_kind),
+        "statuses": dict(sorted(statuses.items())),
+        "bulk_jobs": len(load.jobs_done),
+        "singles": len(load.singles),
         "pings_during_jobs": len(busy_pings),
-        **{f"{kind}_ms": {f"p{q}": round(1000 * percentile([s.latency for s in load.samples if s.kind == kind],
-                                                            q / 100), 1) for q in (50, 95, 99)}
-           for kind in sorted(by_kind)},
+        **{
+            f"{kind}_ms": {
+                f"p{q}": round(1000 * percentile([s.latency for s in load.samples if s.kind == kind], q / 100), 1)
+                for q in (50, 95, 99)
+            }
+            for kind in sorted(by_kind)
+        },
         "ping_during_jobs_ms": {f"p{q}": round(1000 * percentile(busy_pings, q / 100), 1) for q in (50, 95, 99)},
         "ping_max_ms": round(1000 * max(s.latency for s in pings), 1),
     }

@@ -29,8 +29,9 @@ from tests.support.live import PATIENT_NAME, PATIENT_NAME_PARTS, LiveService
 DEFAULT_LIMIT = 20
 
 
-def call(live: LiveService, method: str, path: str, body: Any = None, token: str | None = None,
-         close: bool = False) -> tuple[int, dict[str, Any], dict[str, str]]:
+def call(
+    live: LiveService, method: str, path: str, body: Any = None, token: str | None = None, close: bool = False
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = token
@@ -47,8 +48,13 @@ def call(live: LiveService, method: str, path: str, body: Any = None, token: str
 
 def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
     out = live.data / "out-logs"
-    status, body, _ = call(live, "POST", "/bulk_inference", {"input_folder_path": str(live.inputs),
-                                                              "output_folder_path": str(out)}, live.token)
+    status, body, _ = call(
+        live,
+        "POST",
+        "/bulk_inference",
+        {"input_folder_path": str(live.inputs), "output_folder_path": str(out)},
+        live.token,
+    )
     assert status == 200, body
     job_id = body["Data"]["job_id"]
     assert body["Data"]["processed"] == len(list(live.inputs.glob("*.dcm")))
@@ -62,12 +68,15 @@ def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
     # A token where it does not belong (query string), and tokens the API refuses.
     status, _, _ = call(live, "GET", f"/jobs/{job_id}?token={live.token}", token=live.token)
     assert status == 200
-    expired = jwt.encode({"sub": "x", "jti": "j", "type": "access", "exp": int(time.time()) - 60},
-                         live.jwt_secret, "HS256")
-    forged = jwt.encode({"sub": "x", "jti": "j", "type": "access", "exp": int(time.time()) + 60},
-                        "not-" + live.jwt_secret, "HS256")
-    answers = [call(live, "GET", f"/jobs/{job_id}", token=t, close=True)
-               for t in [expired, forged] * (DEFAULT_LIMIT // 2)]
+    expired = jwt.encode(
+        {"sub": "x", "jti": "j", "type": "access", "exp": int(time.time()) - 60}, live.jwt_secret, "HS256"
+    )
+    forged = jwt.encode(
+        {"sub": "x", "jti": "j", "type": "access", "exp": int(time.time()) + 60}, "not-" + live.jwt_secret, "HS256"
+    )
+    answers = [
+        call(live, "GET", f"/jobs/{job_id}", token=t, close=True) for t in [expired, forged] * (DEFAULT_LIMIT // 2)
+    ]
     assert [a[0] for a in answers] == [401] * DEFAULT_LIMIT
     # The limit is shared by gunicorn's processes (the counter is in Redis): the next one is refused.
     status, body, headers = call(live, "GET", f"/jobs/{job_id}", token=forged, close=True)
@@ -80,15 +89,26 @@ def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
     logs = live.log_files()
     assert set(logs) == {"access.log", "api.log", "worker.log"}
     # The logs were written and cover what happened (or the search below proves nothing).
-    assert "POST /bulk_inference HTTP/1.1\" 200" in logs["access.log"]
-    assert f"GET /jobs/{job_id} HTTP/1.1\" 429" in logs["access.log"]
+    assert 'POST /bulk_inference HTTP/1.1" 200' in logs["access.log"]
+    assert f'GET /jobs/{job_id} HTTP/1.1" 429' in logs["access.log"]
     assert f"job {job_id}: " in logs["api.log"]
     assert "ratelimit" in logs["api.log"]
     assert job_id in logs["worker.log"] and "cxr.infer_single" in logs["worker.log"]
 
-    forbidden = {"JWT secret": live.jwt_secret, "Flower password": live.flower_password, "token": live.token,
-                 "expired token": expired, "forged token": forged, "any JWT": "eyJ", "patient name": PATIENT_NAME}
+    forbidden = {
+        "JWT secret": live.jwt_secret,
+        "Flower password": live.flower_password,
+        "token": live.token,
+        "expired token": expired,
+        "forged token": forged,
+        "any JWT": "eyJ",
+        "patient name": PATIENT_NAME,
+    }
     forbidden.update({f"patient name part {part}": part for part in PATIENT_NAME_PARTS})
-    leaks = [f"{what} in {name}" for name, text in logs.items() for what, value in forbidden.items()
-             if value.lower() in text.lower()]
+    leaks = [
+        f"{what} in {name}"
+        for name, text in logs.items()
+        for what, value in forbidden.items()
+        if value.lower() in text.lower()
+    ]
     assert not leaks, leaks

@@ -47,19 +47,33 @@ def slow_and_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(params=["soft", "hard"])
-def limited(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            slow_and_fast: Path) -> Iterator[tuple[str, Any]]:
+def limited(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, slow_and_fast: Path
+) -> Iterator[tuple[str, Any]]:
     from api import create_app
 
-    limits = {"soft": {"CXR_TASK_SOFT_LIMIT_S": "1.0", "CXR_TASK_HARD_LIMIT_S": "60"},
-              "hard": {"CXR_TASK_SOFT_LIMIT_S": "0", "CXR_TASK_HARD_LIMIT_S": "0.75"}}[request.param]
+    limits = {
+        "soft": {"CXR_TASK_SOFT_LIMIT_S": "1.0", "CXR_TASK_HARD_LIMIT_S": "60"},
+        "hard": {"CXR_TASK_SOFT_LIMIT_S": "0", "CXR_TASK_HARD_LIMIT_S": "0.75"},
+    }[request.param]
     client = redis.Redis.from_url(LIMITS_DB_URL)
     client.flushdb()
-    app = create_app({"REDIS_URL": LIMITS_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(slow_and_fast),
-                      "CXR_BULK_WAIT_S": 120.0, "CXR_POLL_INTERVAL_S": 0.1})
+    app = create_app(
+        {
+            "REDIS_URL": LIMITS_DB_URL,
+            "CXR_JWT_SECRET": SECRET,
+            "CXR_DATA_ROOTS": str(slow_and_fast),
+            "CXR_BULK_WAIT_S": 120.0,
+            "CXR_POLL_INTERVAL_S": 0.1,
+        }
+    )
     try:
-        with running_worker(f"limits-{request.param}", app, tmp_path_factory.mktemp("logs") / "w.log",
-                            worker_env(LIMITS_DB_URL, **limits)):
+        with running_worker(
+            f"limits-{request.param}",
+            app,
+            tmp_path_factory.mktemp("logs") / "w.log",
+            worker_env(LIMITS_DB_URL, **limits),
+        ):
             yield request.param, app
     finally:
         client.flushdb()
@@ -70,8 +84,10 @@ def test_time_limit_becomes_a_timeout_skip(limited: tuple[str, Any], slow_and_fa
 
     kind, app = limited
     response = app.test_client().post(
-        "/bulk_inference", headers={"Authorization": issue_token(app, "limits")},
-        json={"input_folder_path": str(slow_and_fast / "in"), "output_folder_path": str(slow_and_fast / kind)})
+        "/bulk_inference",
+        headers={"Authorization": issue_token(app, "limits")},
+        json={"input_folder_path": str(slow_and_fast / "in"), "output_folder_path": str(slow_and_fast / kind)},
+    )
     assert response.status_code == 200, response.get_json()
     summary = response.get_json()["Data"]
     assert summary["status"] == "completed"
