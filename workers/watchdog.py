@@ -17,7 +17,7 @@ then the ``unacked`` write), a job is finalised only when two sweeps at least
 ``CXR_WATCHDOG_INTERVAL_S`` apart both found it stalled. It is then finalised like the
 callback does, with every unrecorded file skipped as ``lost`` and the job ``failed``.
 
-Who runs it: a daemon thread in every worker's main process (``start_watchdog`` on
+Who runs it: a daemon thread in every worker's main process (``workers.tasks._start_watchdog`` on
 ``worker_ready``), sweeping every ``CXR_WATCHDOG_INTERVAL_S``; a Redis lock lets one
 sweep run at a time across all worker hosts. With no worker running nothing can be
 lost either (the messages wait in Redis), and after Redis lost everything the job
