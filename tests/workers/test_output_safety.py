@@ -155,7 +155,7 @@ def test_links_swapped_in_at_each_step_are_never_followed(
     assert list((outside / "o4").iterdir()) == [] and not (base / "out4").exists()
 
 
-def test_outputs_replace_only_the_engines_own_folders_and_rank_holds_across_jobs(
+def test_outputs_replace_only_the_engines_own_folders(
     client: Any, auth: dict[str, str], app: Any, worker: WorkerProcess, data_root: Path, phantoms: list[Path]
 ) -> None:
     from api.auth import issue_token
@@ -181,8 +181,16 @@ def test_outputs_replace_only_the_engines_own_folders_and_rank_holds_across_jobs
         assert answer["Data"]["reason"] == "output_error" and answer["Data"]["detail"].startswith(conflict)
     assert {p: p.read_bytes() for p in own.rglob("*") if p.is_file() and ".locks" not in p.parts} == before
 
-    # Item 5: job A (first client) publishes the newer image of P15; job B (second client),
-    # later, an older one into the same folder. The newer stays; B's summary says so.
+
+def test_rank_rule_and_summaries_hold_across_jobs(
+    client: Any, auth: dict[str, str], app: Any, worker: WorkerProcess, data_root: Path, phantoms: list[Path]
+) -> None:
+    """Item 5: job A (first client) publishes the newer image of P15; job B (second
+    client), later, an older one into the same folder. The newer stays; B's summary says so."""
+    from api.auth import issue_token
+
+    second = {"Authorization": issue_token(app, "second-client")}
+    own = data_root / f"ranks-{uuid.uuid4().hex[:8]}"
     newer = write_dicom(phantoms[2], own / "a" / "newer.dcm", "P15", "20260301120000")
     older = write_dicom(phantoms[3], own / "b" / "older.dcm", "P15", "20250301120000")
     out = own / "out"
