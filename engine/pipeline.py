@@ -44,13 +44,13 @@ from inference.dicom_read import ReadOptions, read_dicom_image
 from inference.errors import CxrError, OutputError, OutsideDataRoots, UnreadableDicom
 from inference.image import DicomImage
 from inference.predict import Analysis, Predictor
+from reports.beneath import check_under_roots, open_file
 from reports.images import (
     encode_png,
     heatmap_caption,
     render_heatmap_overlay,
     to_uint8_display,
 )
-from reports.beneath import check_under_roots, open_file
 from reports.naming import UnsafePathError, sanitize_patient_id, sanitize_uid_component
 from reports.pdf import render_report_pdf
 from reports.predictions import (

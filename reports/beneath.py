@@ -89,7 +89,7 @@ def _walk(root: Path, parts: list[str], what: str, *, last_is_file: bool) -> int
             try:
                 next_fd = os.open(part, flags, dir_fd=fd)
             except OSError as exc:
-                if exc.errno in _LINK_ERRNOS and _is_link(fd, part):
+                if exc.errno in _LINK_ERRNOS and is_link(fd, part):
                     raise OutsideDataRoots(
                         f"{what} passes through a symbolic link (changed after the request was checked): not followed"
                     ) from None
@@ -102,7 +102,8 @@ def _walk(root: Path, parts: list[str], what: str, *, last_is_file: bool) -> int
     return fd
 
 
-def _is_link(dir_fd: int, name: str) -> bool:
+def is_link(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` in the folder ``dir_fd`` is a symbolic link (not followed)."""
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
@@ -112,8 +113,9 @@ def _is_link(dir_fd: int, name: str) -> bool:
 def open_subdir(parent_fd: int, name: str, *, create: bool) -> int:
     """The engine's own folder ``name`` (``.tmp``, ``.locks``, ``.jobs``) under ``parent_fd``.
 
-    Created when absent (``create``); a link or a file in its place is an ``OutputError``
-    (never followed, never removed: the operator should see it).
+    Created when absent (``create``); a link in its place is an ``OutputError`` (never
+    followed, never removed: the operator should see it); a file in its place is the
+    ``OSError`` (``ENOTDIR``) it is, like any other unwritable output folder.
     """
     if create:
         try:
@@ -123,9 +125,8 @@ def open_subdir(parent_fd: int, name: str, *, create: bool) -> int:
     try:
         return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
-        if exc.errno in _LINK_ERRNOS:
-            kind = "a symbolic link" if _is_link(parent_fd, name) else "not a folder"
-            raise OutputError(f"'{name}' in the output folder is {kind}: not followed") from None
+        if exc.errno in _LINK_ERRNOS and is_link(parent_fd, name):
+            raise OutputError(f"'{name}' in the output folder is a symbolic link: not followed") from None
         raise
 
 

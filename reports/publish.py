@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from inference.errors import OutputError
-from reports.beneath import DIR_FLAGS, FILE_FLAGS, open_dir, open_subdir
+from reports.beneath import DIR_FLAGS, FILE_FLAGS, is_link, open_dir, open_subdir
 from reports.naming import UnsafePathError
 
 TEMP_DIR_NAME = ".tmp"
@@ -174,20 +174,22 @@ def publish_artifacts(
     target = root.joinpath(*folder_parts)
     final_paths = {name: target / name for name in files}
     marker = image_marker(job_id=job_id, rank=rank, layout=layout, model=model)
-    with _closing(open_dir(root, data_roots, "the output folder")) as root_fd:
-        with _closing(open_subdir(root_fd, TEMP_DIR_NAME, create=True)) as temp_fd:
-            staging = _write_staging_dir(temp_fd, files, marker, job_id)
-            try:
-                with _closing(_parent_fd(root_fd, folder_parts, layout)) as parent_fd:
-                    name, shown = folder_parts[-1], "/".join(folder_parts)
-                    with _folder_lock(root_fd, folder_parts):
-                        owner = inspect_folder(parent_fd, name, shown, layout, artifact_base=folder_parts[0])
-                        if owner is not None and _outranks(owner, rank):
-                            return PublishOutcome("superseded", target, final_paths, owner)
-                        _swap_into_place(temp_fd, staging, parent_fd, name, owner, shown, folder_parts[0], layout)
-                        os.fsync(parent_fd)
-            finally:
-                remove_entry(temp_fd, staging)
+    with (
+        _closing(open_dir(root, data_roots, "the output folder")) as root_fd,
+        _closing(open_subdir(root_fd, TEMP_DIR_NAME, create=True)) as temp_fd,
+    ):
+        staging = _write_staging_dir(temp_fd, files, marker, job_id)
+        try:
+            with _closing(_parent_fd(root_fd, folder_parts, layout)) as parent_fd:
+                name, shown = folder_parts[-1], "/".join(folder_parts)
+                with _folder_lock(root_fd, folder_parts):
+                    owner = inspect_folder(parent_fd, name, shown, layout, artifact_base=folder_parts[0])
+                    if owner is not None and _outranks(owner, rank):
+                        return PublishOutcome("superseded", target, final_paths, owner)
+                    _swap_into_place(temp_fd, staging, parent_fd, name, owner, shown, folder_parts[0], layout)
+                    os.fsync(parent_fd)
+        finally:
+            remove_entry(temp_fd, staging)
     return PublishOutcome("published", target, final_paths, marker)
 
 
@@ -258,8 +260,8 @@ def _clean_temp(
         except FileNotFoundError:
             return []
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise OutputError(f"'{TEMP_DIR_NAME}' in the output folder is not a folder: not followed") from None
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and is_link(root_fd, TEMP_DIR_NAME):
+                raise OutputError(f"'{TEMP_DIR_NAME}' in the output folder is a symbolic link: not followed") from None
             raise
         removed: list[Path] = []
         with _closing(temp_fd):
@@ -358,7 +360,9 @@ def _parent_fd(root_fd: int, folder_parts: Sequence[str], layout: str) -> int:
                 os.mkdir(container, 0o777, dir_fd=root_fd)
             except FileExistsError:  # not one of ours (we hold its lock): inspect says what it is
                 inspect_folder(root_fd, container, container, "container", artifact_base=container)
-                raise OutputError(f"'{container}' appeared in the output folder while publishing: not replaced") from None
+                raise OutputError(
+                    f"'{container}' appeared in the output folder while publishing: not replaced"
+                ) from None
             fd = os.open(container, DIR_FLAGS, dir_fd=root_fd)
             _write_file(fd, MARKER_NAME, _marker_bytes({"engine": MARKER_ENGINE, "kind": "container"}))
             os.fsync(fd)
@@ -394,9 +398,7 @@ def _outranks(owner: Mapping[str, Any], rank: Sequence[str]) -> bool:
     return existing > list(rank)
 
 
-def inspect_folder(
-    parent_fd: int, name: str, shown: str, layout: str, artifact_base: str
-) -> dict[str, Any] | None:
+def inspect_folder(parent_fd: int, name: str, shown: str, layout: str, artifact_base: str) -> dict[str, Any] | None:
     """What ``name`` under ``parent_fd`` is, without following a link.
 
     Returns None when nothing has that name, the folder's marker when it is an engine
@@ -426,7 +428,9 @@ def inspect_folder(
             )
     kind = "container" if layout == "container" else "image"
     if marker.get("kind") != kind or (kind == "image" and marker.get("layout") != layout):
-        found = "instance-layout folders" if marker.get("kind") == "container" else f"{marker.get('layout')}-layout output"
+        found = (
+            "instance-layout folders" if marker.get("kind") == "container" else f"{marker.get('layout')}-layout output"
+        )
         wanted = "instance-layout folders" if kind == "container" else f"{layout}-layout output"
         raise OutputError(f"'{shown}' in the output folder holds the engine's {found}, not {wanted}: not replaced")
     return marker
@@ -481,7 +485,9 @@ def _legacy_marker(folder_fd: int, layout: str, artifact_base: str) -> dict[str,
     except ValueError:
         return None
     publication = document.get("publication") if isinstance(document, dict) else None
-    rank = publication.get("rank") if isinstance(publication, dict) else None
+    if not isinstance(publication, dict):
+        return None
+    rank = publication.get("rank")
     if not isinstance(rank, list) or not all(isinstance(item, str) for item in rank):
         return None
     return {

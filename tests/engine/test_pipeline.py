@@ -16,8 +16,8 @@ from demo.phantoms import make_phantom
 from engine.discovery import iter_dicom_files
 from engine.pipeline import process_file
 from engine.summary import summarise
-from reports.publish import folder_owners
 from inference.labels import LABELS
+from reports.publish import folder_owners
 
 
 def _write_phantom(path, index, *, patient_id=None, acquisition=None, size=320, seed=31):
@@ -48,7 +48,11 @@ def test_processed_file_has_four_artifacts_in_the_api_layout(tmp_path, phantom_d
     names = sorted(p.name for p in folder.iterdir() if p.name != ".cxr-engine")
     assert names == sorted(f"{pid}_{s}" for s in ("predictions.json", "heatmap.png", "source_image.png", "report.pdf"))
     marker = json.loads((folder / ".cxr-engine").read_text())
-    assert marker["job_id"] == "job-1" and marker["rank"] == record["rank"] and marker["model"] == predictor.bundle.identity()
+    assert (
+        marker["job_id"] == "job-1"
+        and marker["rank"] == record["rank"]
+        and marker["model"] == predictor.bundle.identity()
+    )
 
     doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
     assert [f["name"] for f in doc["findings"]] == list(LABELS)
@@ -195,7 +199,7 @@ def test_unwritable_output_is_a_reasoned_skip(tmp_path, phantom_dir, predictor):
     (out / ".tmp").write_text("squatter")
     record = process_file(min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-6")
     assert record["status"] == "skipped" and record["reason"] == "output_error" and record["stage"] == "publish"
-    assert record["detail"] == "'.tmp' in the output folder is not a folder: not followed"
+    assert record["detail"] == "could not write the output folder (ENOTDIR: Not a directory)"
     assert sorted(p.name for p in out.iterdir()) == [".tmp"]
 
 
@@ -294,5 +298,10 @@ def test_rank_rule_and_summaries_hold_across_jobs(tmp_path, predictor):
     owners = folder_owners(out, [record_a["folder"]])
     again = summarise([record_a], job_id="job-a", total=1, owners=owners)
     assert again["superseded"] == [
-        {"path": str(inp / "new.dcm"), "folder": str(out / "P5"), "kept": str(inp / "newer.dcm"), "kept_job_id": "job-c"}
+        {
+            "path": str(inp / "new.dcm"),
+            "folder": str(out / "P5"),
+            "kept": str(inp / "newer.dcm"),
+            "kept_job_id": "job-c",
+        }
     ]

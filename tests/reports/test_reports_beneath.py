@@ -117,7 +117,7 @@ def test_cleanup_never_deletes_through_a_tmp_link(roots: tuple[Path, Path], clea
     old = time.time() - 7200
     os.utime(outside / "job-1.old-report", (old, old))
     (out / ".tmp").symlink_to(outside)
-    with pytest.raises(OutputError, match="'.tmp' in the output folder is not a folder"):
+    with pytest.raises(OutputError, match="'.tmp' in the output folder is a symbolic link"):
         if cleaner == "stale":
             remove_stale_temp_dirs(out, data_roots=[data])
         else:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from inference.errors import OutputError
 from reports import publish
-from inference.errors import OutputError, OutsideDataRoots
 from reports.naming import UnsafePathError
 from reports.publish import (
     artifact_names,

@@ -68,7 +68,10 @@ def bulk_after_swap(
     """A bulk job accepted (202) while the worker is paused; ``swap()`` runs before it resumes."""
     with paused(app, worker):
         status, body = post(
-            client, auth, "/bulk_inference", {"input_folder_path": str(inp), "output_folder_path": str(out), "wait": False}
+            client,
+            auth,
+            "/bulk_inference",
+            {"input_folder_path": str(inp), "output_folder_path": str(out), "wait": False},
         )
         assert status == 202, body
         swap()
@@ -103,7 +106,10 @@ def test_links_swapped_in_at_each_step_are_never_followed(
 
     data = bulk_after_swap(client, auth, app, worker, base / "in1", base / "out1", swap_output)
     assert [(s["reason"], s["detail"]) for s in data["skipped"]] == [
-        ("outside_data_roots", "the output folder passes through a symbolic link (changed after the request was checked): not followed")
+        (
+            "outside_data_roots",
+            "the output folder passes through a symbolic link (changed after the request was checked): not followed",
+        )
     ]
     assert data["summary_file"] is None and list((outside / "o1").iterdir()) == []
 
@@ -194,7 +200,9 @@ def test_rank_rule_and_summaries_hold_across_jobs(
     newer = write_dicom(phantoms[2], own / "a" / "newer.dcm", "P15", "20260301120000")
     older = write_dicom(phantoms[3], own / "b" / "older.dcm", "P15", "20250301120000")
     out = own / "out"
-    status, job_a = post(client, auth, "/bulk_inference", {"input_folder_path": str(own / "a"), "output_folder_path": str(out)})
+    status, job_a = post(
+        client, auth, "/bulk_inference", {"input_folder_path": str(own / "a"), "output_folder_path": str(out)}
+    )
     assert status == 200 and job_a["Data"]["superseded"] == [], job_a
     status, job_b = post(
         client, second, "/bulk_inference", {"input_folder_path": str(own / "b"), "output_folder_path": str(out)}
