@@ -208,13 +208,12 @@ def read_input(
 ) -> DicomImage:
     """``read_dicom_image`` of ``path``; under ``data_roots`` the file is opened first
     without following links and read through that descriptor (``/proc/self/fd/N`` names
-    the open file itself, not a path to resolve again)."""
+    the open file itself, not a path to resolve again; a worker needs Linux's ``/proc``,
+    which every container has)."""
     if data_roots is None:
         return read_dicom_image(path, options, patient_id_override)
     try:
-        fd = open_file(path, data_roots, "the input file")
-    except OutsideDataRoots:
-        raise
+        fd = open_file(path, data_roots, "the input file")  # OutsideDataRoots passes through
     except OSError as exc:
         raise UnreadableDicom(f"cannot open file: {exc.strerror or exc}") from None
     try:
@@ -248,13 +247,13 @@ def process_file(
     """
     start = time.perf_counter()
     record: dict[str, Any] = {"path": str(path), "status": "skipped", "reason": None, "detail": None}
-    try:
-        if data_roots is not None:
+    if data_roots is not None:
+        try:
             check_under_roots(output_root, data_roots, "the output folder")
-    except OutsideDataRoots as exc:
-        record.update(reason=exc.reason, stage="publish", detail=exc.detail)
-        log.warning("skipped %s: %s", path, exc.detail)
-        return record
+        except OutsideDataRoots as exc:
+            record.update(reason=exc.reason, stage="publish", detail=exc.detail)
+            log.warning("skipped %s: %s", path, exc.detail)
+            return record
     try:
         art = analyse_file(
             path,
