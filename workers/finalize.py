@@ -16,7 +16,8 @@ other job ends ``completed``, whatever its skips.
 
 The summary goes to the job record and to ``<output>/.jobs/<job_id>.json`` (written to
 a temporary name and renamed, so a reader never sees half a file). Running it twice
-gives the same summary, so a redelivered callback is harmless.
+gives the same summary (unless a later job replaced one of the job's folders in
+between, which the second one then says), so a redelivered callback is harmless.
 
 The summary matches the disk when it is written: ``superseded`` comes from the
 ``.cxr-engine`` markers of the job's folders as they are now (a folder replaced by a
