@@ -108,9 +108,10 @@ def check_secret(config: Mapping[str, Any]) -> None:
 
 
 def parse_data_roots(text: str) -> list[Path]:
-    """``os.pathsep``-separated folders, resolved (symlinks included).
+    """``engine.discovery.parse_data_roots``: the workers parse the variable the same way.
 
     Unset, development uses the current directory; production refuses to start.
     """
-    parts = [p for p in str(text).split(os.pathsep) if p.strip()] or [os.getcwd()]
-    return [Path(os.path.realpath(p.strip())) for p in parts]
+    from engine.discovery import parse_data_roots as parse
+
+    return parse(text)

@@ -121,8 +121,8 @@ def _single_answer(outcome: dict[str, Any], shown_input: str, shown_output: str)
         raise ApiError(400, f"Patient ID is empty or None: {shown_input}", {"reason": reason, "detail": detail})
     if reason in ("unsupported_modality", "unsupported_image", "decode_error"):
         raise ApiError(400, f"Image cannot be processed ({reason}): {detail}", {"reason": reason, "detail": detail})
-    if outcome.get("stage") == "publish":
-        raise ApiError(500, f"Unable to create output folder: {shown_output}")
+    if outcome.get("stage") == "publish":  # the detail names the conflict (a name the engine did not make)
+        raise ApiError(500, f"Unable to create output folder: {shown_output}", {"reason": reason, "detail": detail})
     log.error("single inference failed: %s", reason)
     raise ApiError(500, SINGLE_INTERNAL, {"reason": reason})
 

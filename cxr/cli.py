@@ -101,6 +101,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from inference.dicom_read import ReadOptions
     from inference.errors import BundleError
     from inference.predict import Predictor, configure_tensorflow
+    from reports.publish import folder_owners
 
     src, out = Path(args.path), Path(args.output)
     if not src.exists():
@@ -122,7 +123,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     for path in tqdm(files, unit="file", disable=args.quiet):
         records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout, options=options))
-    summary = summarise(records, job_id=job_id, total=len(files))
+    folders = [r["folder"] for r in records if r["status"] == "processed"]
+    summary = summarise(records, job_id=job_id, total=len(files), owners=folder_owners(out, folders))
     write_summary_file(summary_path(out, job_id), summary)
     print(
         f"job {job_id}: {summary['total']} files, {summary['processed']} processed, "

@@ -59,6 +59,17 @@ class Discovery:
         return len(self.files) + len(self.refused)
 
 
+def parse_data_roots(text: str) -> list[Path]:
+    """``CXR_DATA_ROOTS``: ``os.pathsep``-separated folders, resolved (symlinks included).
+
+    Empty: the current directory (development; production refuses to start, in the API
+    (``api.config``) and in the workers (``engine.settings``) alike). The API and the
+    workers both parse the variable here, so they agree on what it means.
+    """
+    parts = [p for p in str(text).split(os.pathsep) if p.strip()] or [os.getcwd()]
+    return [Path(os.path.realpath(p.strip())) for p in parts]
+
+
 def within_roots(path: Path, roots: Sequence[Path]) -> bool:
     """True if ``path`` (already resolved) is one of ``roots`` or lies under one."""
     return any(path == root or path.is_relative_to(root) for root in roots)

@@ -16,30 +16,42 @@ folder, the folder holds the artifacts of exactly one image, never a mix. The ru
 deterministic and does not depend on processing order: the image with the greatest
 *rank* wins, where rank = [acquisition date-time, SOP Instance UID, source path]
 (the most recent acquisition; ties broken by the larger UID, then the path). The
-others are reported as ``superseded``. A folder left by an earlier job is replaced.
-Layout ``instance`` keeps every image under ``<patient>/<SOP Instance UID>/``.
+others are reported as ``superseded``. The same rule holds across jobs (the folder's
+``.cxr-engine`` marker carries its image's rank), and the engine replaces only folders
+it made itself: a name taken by anything else is an ``output_error`` skip naming the
+conflict (``reports.publish``). Layout ``instance`` keeps every image under
+``<patient>/<SOP Instance UID>/``.
+
+Data roots (``data_roots``, a worker's ``CXR_DATA_ROOTS``): the input file and the output
+folder must lie under them and are reached without following any link
+(``reports.beneath``); anything else is an ``outside_data_roots`` skip. Without data
+roots (``cxr infer``) the paths are used as given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inference.dicom_read import ReadOptions, read_dicom_image
-from inference.errors import CxrError
+from inference.errors import CxrError, OutputError, OutsideDataRoots, UnreadableDicom
 from inference.image import DicomImage
 from inference.predict import Analysis, Predictor
+from reports.beneath import check_under_roots, open_file
 from reports.images import (
     encode_png,
     heatmap_caption,
     render_heatmap_overlay,
     to_uint8_display,
 )
-from reports.naming import sanitize_patient_id, sanitize_uid_component
+from reports.naming import UnsafePathError, sanitize_patient_id, sanitize_uid_component
 from reports.pdf import render_report_pdf
 from reports.predictions import (
     build_findings,
@@ -159,7 +171,7 @@ def predictions_document(
         heatmap=heatmap_info,
         provenance=image.provenance,
         timings_ms=timings_ms,
-        publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins within a job"},
+        publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins, across jobs"},
         source_path=image.path,
     )
 
@@ -172,13 +184,15 @@ def analyse_file(
     layout: str = "patient",
     options: ReadOptions | None = None,
     patient_id_override: str | None = None,
+    data_roots: Sequence[Path] | None = None,
 ) -> Artifacts:
-    """Read, predict and render one file. Raises :class:`CxrError` for a file it refuses."""
+    """Read, predict and render one file. Raises :class:`CxrError` for a file it refuses
+    (``OutsideDataRoots`` for a path outside ``data_roots`` or through a link)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    image = read_dicom_image(path, options or ReadOptions.from_env(), patient_id_override)
+    image = read_input(path, options or ReadOptions.from_env(), patient_id_override, data_roots)
     timings["read_decode"] = _ms(t)
     t = time.perf_counter()
     x = predictor.preprocess(image.pixels)
@@ -187,6 +201,26 @@ def analyse_file(
     analysis = predictor.analyse_batch(x[None])[0]  # raises InferenceError on a model failure
     timings["forward_gradcam"] = _ms(t)
     return render_artifacts(image, analysis, predictor, job_id=job_id, layout=layout, timings_ms=timings)
+
+
+def read_input(
+    path: Path, options: ReadOptions, patient_id_override: str | None, data_roots: Sequence[Path] | None
+) -> DicomImage:
+    """``read_dicom_image`` of ``path``; under ``data_roots`` the file is opened first
+    without following links and read through that descriptor (``/proc/self/fd/N`` names
+    the open file itself, not a path to resolve again; a worker needs Linux's ``/proc``,
+    which every container has)."""
+    if data_roots is None:
+        return read_dicom_image(path, options, patient_id_override)
+    try:
+        fd = open_file(path, data_roots, "the input file")  # OutsideDataRoots passes through
+    except OSError as exc:
+        raise UnreadableDicom(f"cannot open file: {exc.strerror or exc}") from None
+    try:
+        image = read_dicom_image(f"/proc/self/fd/{fd}", options, patient_id_override)
+    finally:
+        os.close(fd)
+    return dataclasses.replace(image, path=str(path))
 
 
 def process_file(
@@ -199,28 +233,59 @@ def process_file(
     options: ReadOptions | None = None,
     patient_id_override: str | None = None,
     include_document: bool = False,
+    data_roots: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     """Analyse and publish one file; return its file record (never raises for file problems).
 
     ``OSError`` while publishing (disk full, read-only, permissions) becomes a skip with
     reason ``output_error``, ``stage: "publish"`` and a detail naming the error,
-    so one unwritable folder never loses the rest of a job. ``include_document`` adds
-    the predictions document (findings, metadata) to the record, for single inference.
+    so one unwritable folder never loses the rest of a job; so does a name taken by
+    something the engine did not make (``OutputError``, the detail names it). An output
+    folder outside ``data_roots`` is refused before the input is read
+    (``outside_data_roots``, ``stage: "publish"``). ``include_document`` adds the
+    predictions document (findings, metadata) to the record, for single inference.
     """
     start = time.perf_counter()
     record: dict[str, Any] = {"path": str(path), "status": "skipped", "reason": None, "detail": None}
+    if data_roots is not None:
+        try:
+            check_under_roots(output_root, data_roots, "the output folder")
+        except OutsideDataRoots as exc:
+            record.update(reason=exc.reason, stage="publish", detail=exc.detail)
+            log.warning("skipped %s: %s", path, exc.detail)
+            return record
     try:
         art = analyse_file(
-            path, predictor, job_id=job_id, layout=layout, options=options, patient_id_override=patient_id_override
+            path,
+            predictor,
+            job_id=job_id,
+            layout=layout,
+            options=options,
+            patient_id_override=patient_id_override,
+            data_roots=data_roots,
         )
-        t = time.perf_counter()
-        outcome = publish_artifacts(
-            output_root, art.folder_parts, art.files, job_id=job_id, rank=art.rank, layout=layout
-        )
-        art.timings_ms["publish"] = _ms(t)
     except CxrError as exc:
         record.update(reason=exc.reason, detail=exc.detail)
         log.info("skipped %s: %s", path, exc.reason)
+        return record
+    try:
+        t = time.perf_counter()
+        outcome = publish_artifacts(
+            output_root,
+            art.folder_parts,
+            art.files,
+            job_id=job_id,
+            rank=art.rank,
+            layout=layout,
+            model=predictor.bundle.identity(),
+            data_roots=data_roots,
+        )
+        art.timings_ms["publish"] = _ms(t)
+    except (CxrError, UnsafePathError) as exc:
+        reason = exc.reason if isinstance(exc, CxrError) else OutputError.reason
+        detail = exc.detail if isinstance(exc, CxrError) else str(exc)
+        record.update(reason=reason, stage="publish", detail=detail)
+        log.warning("skipped %s: %s", path, detail)
         return record
     except OSError as exc:
         record.update(reason="output_error", stage="publish", detail=output_error_detail(exc))
@@ -232,6 +297,7 @@ def process_file(
         patient_id=art.document["metadata"]["patient_id"],
         folder=str(outcome.folder),
         published=outcome.status == "published",
+        kept=_kept_path(outcome.owner),
         outputs={kind: str(outcome.folder / name) for kind, name in art.kinds.items()},
         rank=art.rank,
         result=art.document["result"],
@@ -240,6 +306,12 @@ def process_file(
     if include_document:
         record["document"] = art.document
     return record
+
+
+def _kept_path(owner: dict[str, Any] | None) -> str | None:
+    """The source path of the image a folder holds (its rank's last element)."""
+    rank = (owner or {}).get("rank")
+    return rank[-1] if isinstance(rank, list) and rank and isinstance(rank[-1], str) else None
 
 
 def output_error_detail(exc: OSError) -> str:

@@ -54,9 +54,21 @@ class DecodeError(CxrError):
 
 class OutsideDataRoots(CxrError):
     """A symbolic link in an input folder resolves outside ``CXR_DATA_ROOTS``; it is not
-    followed (decided by the API's discovery, before any task is sent)."""
+    followed (decided by the API's discovery, before any task is sent). Also what a
+    worker answers for a path it received that lies outside its own ``CXR_DATA_ROOTS``
+    or passes through a symbolic link (one swapped in after the API checked the path)."""
 
     reason = "outside_data_roots"
+
+
+class OutputError(CxrError):
+    """The output cannot go where it was asked to: the name is taken by something the
+    engine did not make (a file, a link, a client's own folder), or a folder the engine
+    needs (``.tmp``, ``.locks``, ``.jobs``) is a link. Nothing is replaced or followed;
+    the detail names the conflict (relative to the output folder, never an absolute path).
+    Disk-full and permission errors are ``OSError`` and end as the same reason."""
+
+    reason = "output_error"
 
 
 class InferenceError(CxrError):
@@ -101,8 +113,8 @@ SKIP_REASONS = (
     "decode_error",
     "inference_error",
     "timeout",
-    "outside_data_roots",  # a symbolic link in the input folder resolves outside CXR_DATA_ROOTS
-    "output_error",  # the output folder could not be written (disk full, read-only, permissions)
+    "outside_data_roots",  # a link in the input folder leads outside CXR_DATA_ROOTS; or a path a worker got does
+    "output_error",  # the output could not be written (disk full, read-only, a name the engine did not make)
     "worker_lost",  # the worker process died every time it processed the file (CXR_MAX_DELIVERIES)
     "lost",  # the broker lost the file's task message; the file was not processed
 )

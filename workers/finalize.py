@@ -16,20 +16,28 @@ other job ends ``completed``, whatever its skips.
 
 The summary goes to the job record and to ``<output>/.jobs/<job_id>.json`` (written to
 a temporary name and renamed, so a reader never sees half a file). Running it twice
-gives the same summary, so a redelivered callback is harmless.
+gives the same summary (unless a later job replaced one of the job's folders in
+between, which the second one then says), so a redelivered callback is harmless.
+
+The summary matches the disk when it is written: ``superseded`` comes from the
+``.cxr-engine`` markers of the job's folders as they are now (a folder replaced by a
+later job's file names that job). Every file-system step goes through the worker's data
+roots without following links (``reports.beneath``): a ``.jobs`` or ``.tmp`` that is a
+link is not followed, and the summary file is then not written (``summary_file: null``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from engine.jobstore import JobStore
 from engine.summary import summarise, summary_path, write_summary_file
-from reports.publish import remove_job_temp_dirs, remove_stale_temp_dirs
+from inference.errors import CxrError
+from reports.publish import folder_owners, remove_job_temp_dirs, remove_stale_temp_dirs
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ def finalize_job(
     *,
     hard_limit_s: float,
     messages_lost: bool = False,
+    data_roots: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     meta = store.meta(job_id)
     total = int(meta.get("total", 0))
@@ -88,7 +97,10 @@ def finalize_job(
             record = classify_lost_file(path, task_outcome(index), hard_limit_s, messages_lost=messages_lost)
             log.warning("job %s file %d had no record: %s", job_id, index, record["detail"])
         ordered.append(record)
-    summary = summarise(ordered, job_id=job_id, total=total)
+    output_root = Path(meta["output"])
+    folders = [r["folder"] for r in ordered if r.get("status") == "processed" and r.get("folder")]
+    owners = folder_owners(output_root, folders, data_roots)
+    summary = summarise(ordered, job_id=job_id, total=total, owners=owners)
     if any(r.get("reason") == "lost" for r in ordered):
         summary.update(status="failed", failure=LOST_FAILURE)
     now = time.time()
@@ -101,21 +113,22 @@ def finalize_job(
         }
     )
     summary["workers"] = sorted({r["worker"] for r in ordered if r.get("worker")})
-    output_root = Path(meta["output"])
     summary_file = summary_path(output_root, job_id)
     summary["summary_file"] = str(summary_file)
     try:
-        write_summary_file(summary_file, summary)
-    except OSError as exc:
+        write_summary_file(summary_file, summary, data_roots)
+    except (OSError, CxrError) as exc:
         summary["summary_file"] = None
-        log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, exc.strerror)
+        why = exc.detail if isinstance(exc, CxrError) else exc.strerror
+        log.error("job %s: could not write the summary file under %s: %s", job_id, output_root, why)
     store.finish(job_id, summary)
     try:
         # Every task of the job has ended: its staging folders are leftovers of killed writers.
-        removed = remove_job_temp_dirs(output_root, job_id)
+        removed = remove_job_temp_dirs(output_root, job_id, data_roots)
         if removed:
             log.warning("job %s: removed %d staging folder(s) left by killed workers", job_id, len(removed))
-        remove_stale_temp_dirs(output_root)
-    except OSError as exc:
-        log.warning("job %s: could not clean stale staging folders: %s", job_id, exc.strerror)
+        remove_stale_temp_dirs(output_root, data_roots=data_roots)
+    except (OSError, CxrError) as exc:
+        why = exc.detail if isinstance(exc, CxrError) else exc.strerror
+        log.warning("job %s: could not clean stale staging folders: %s", job_id, why)
     return summary

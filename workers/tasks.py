@@ -146,6 +146,7 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
         interval_s=knobs.watchdog_interval_s,
         hard_limit_s=app.conf.task_time_limit,
         name=getattr(sender, "hostname", "worker"),
+        data_roots=knobs.data_roots,
     )
     watchdog.start()
     _state["watchdog"] = watchdog
@@ -194,7 +195,13 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
         )
     try:
         record = process_file(
-            Path(path), Path(output), predictor(), job_id=job_id, layout=layout, options=read_options()
+            Path(path),
+            Path(output),
+            predictor(),
+            job_id=job_id,
+            layout=layout,
+            options=read_options(),
+            data_roots=settings().data_roots,
         )
     except SoftTimeLimitExceeded:
         record = {
@@ -232,6 +239,7 @@ def infer_single(
                 options=read_options(),
                 patient_id_override=patient_id,
                 include_document=True,
+                data_roots=settings().data_roots,
             )
             if record["status"] != "processed":
                 return record
@@ -242,10 +250,18 @@ def infer_single(
                 "heatmap": outputs["heatmap"],
                 "report": outputs["report"],
                 "predictions": outputs["predictions"],
+                # False: the folder holds an image of greater rank (a more recent acquisition),
+                # which stays; the paths above are that image's artifacts (API.md "Output layout").
+                "published": record["published"],
             }
         else:
             art = analyse_file(
-                Path(path), predictor(), job_id=request_id, options=read_options(), patient_id_override=patient_id
+                Path(path),
+                predictor(),
+                job_id=request_id,
+                options=read_options(),
+                patient_id_override=patient_id,
+                data_roots=settings().data_roots,
             )
             doc = art.document
             images = {
@@ -269,7 +285,13 @@ def _single_done(sender: Any = None, task_id: str | None = None, **_: Any) -> No
 
 @app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)
 def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[str, Any]:
-    summary = finalize_job(job_id, job_store(), _outcome_lookup(job_id), hard_limit_s=app.conf.task_time_limit)
+    summary = finalize_job(
+        job_id,
+        job_store(),
+        _outcome_lookup(job_id),
+        hard_limit_s=app.conf.task_time_limit,
+        data_roots=settings().data_roots,
+    )
     log.info("job %s finished: %d processed, %d skipped", job_id, summary["processed"], len(summary["skipped"]))
     return {"job_id": job_id, "status": summary["status"]}
 

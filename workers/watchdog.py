@@ -32,7 +32,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -111,6 +112,7 @@ def sweep(
     interval_s: float,
     hard_limit_s: float,
     now: float | None = None,
+    data_roots: Sequence[Path] | None = None,
 ) -> list[str]:
     """One pass of the watchdog; returns the ids of the jobs it finalised."""
     now = time.time() if now is None else now
@@ -127,7 +129,9 @@ def sweep(
         if seen is None or now - seen < interval_s * 0.9:
             log.info("job %s: no progress for %.0f s and no message left; checking again", job_id, grace_s)
             continue
-        summary = finalize_job(job_id, store, outcome_for(job_id), hard_limit_s=hard_limit_s, messages_lost=True)
+        summary = finalize_job(
+            job_id, store, outcome_for(job_id), hard_limit_s=hard_limit_s, messages_lost=True, data_roots=data_roots
+        )
         lost = sum(1 for s in summary["skipped"] if s["reason"] == "lost")
         log.error(
             "job %s stalled: no progress for %.0f s and no message left in Redis; finalised as %s with %d lost file(s)",
@@ -153,6 +157,7 @@ class Watchdog:
         interval_s: float,
         hard_limit_s: float,
         name: str,
+        data_roots: Sequence[Path] | None = None,
     ) -> None:
         self.store = store
         self.queues = tuple(queues)
@@ -161,6 +166,7 @@ class Watchdog:
         self.interval_s = interval_s
         self.hard_limit_s = hard_limit_s
         self.name = name
+        self.data_roots = data_roots
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cxr-watchdog", daemon=True)
 
@@ -183,6 +189,7 @@ class Watchdog:
                     grace_s=self.grace_s,
                     interval_s=self.interval_s,
                     hard_limit_s=self.hard_limit_s,
+                    data_roots=self.data_roots,
                 )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("watchdog: Redis unreachable (%s); next sweep in %g s", type(exc).__name__, self.interval_s)

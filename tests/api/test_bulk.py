@@ -29,7 +29,7 @@ def _bulk(client: Any, auth: dict[str, str], inp: Path, out: Path, **extra: Any)
 
 def _assert_patient_folder(folder: Path) -> dict[str, Any]:
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(f"{folder.name}_{a}" for a in ARTIFACTS), names
+    assert names == sorted([".cxr-engine"] + [f"{folder.name}_{a}" for a in ARTIFACTS]), names
     doc = json.loads((folder / f"{folder.name}_predictions.json").read_text())
     assert (folder / f"{folder.name}_report.pdf").read_bytes().startswith(b"%PDF-")
     assert (folder / f"{folder.name}_heatmap.png").read_bytes().startswith(b"\x89PNG")
@@ -142,13 +142,13 @@ def test_instance_layout_keeps_every_image_of_a_patient(
     summary = _bulk(client, auth, inp, data_root / "instance" / "out", layout="instance").get_json()["Data"]
     assert summary["processed"] == 3 and summary["superseded"] == []
     patient = data_root / "instance" / "out" / "SAME-PATIENT"
-    assert sorted(p.name for p in patient.iterdir()) == sorted(uids)
+    assert sorted(p.name for p in patient.iterdir()) == sorted([".cxr-engine", *uids])  # a marked container
     for uid in uids:
         assert _assert_patient_folder_named(patient / uid, "SAME-PATIENT")["metadata"]["sop_instance_uid"] == uid
 
 
 def _assert_patient_folder_named(folder: Path, patient: str) -> dict[str, Any]:
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{patient}_{a}" for a in ARTIFACTS)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([".cxr-engine"] + [f"{patient}_{a}" for a in ARTIFACTS])
     return json.loads((folder / f"{patient}_predictions.json").read_text())
 
 

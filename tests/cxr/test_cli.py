@@ -41,7 +41,7 @@ def test_infer_folder_reports_processed_skipped_and_writes_the_summary(tmp_path,
     assert summary["total"] == 4 and summary["processed"] == 3
     assert [s["reason"] for s in summary["skipped"]] == ["unreadable_dicom"]
     for folder in summary["outputs"].values():
-        assert len(list(Path(folder).iterdir())) == 4
+        assert len(list(Path(folder).iterdir())) == 5  # four artifacts and the .cxr-engine marker
 
 
 def test_infer_refuses_missing_path_and_empty_folder(tmp_path):

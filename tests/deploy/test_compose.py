@@ -459,6 +459,9 @@ def test_shared_data_is_mounted_at_the_same_path_everywhere() -> None:
     assert len(set(sources.values())) == 1 and None not in sources.values(), sources
     assert env_of(main["api"])["CXR_DATA_ROOTS"] == SHARED
     assert SHARED in mounts(services(WORKER_ONLY)["worker"])
+    # Workers check every path they are sent against their own roots (issue 15 item 2).
+    for worker in (main["worker"], main["worker-cpu"], services(WORKER_ONLY)["worker"]):
+        assert env_of(worker)["CXR_DATA_ROOTS"] == SHARED and env_of(worker)["CXR_ENV"] == "production"
     assert "redis-data:/data" in main["redis"]["volumes"], "Redis persists its append-only file"
 
 

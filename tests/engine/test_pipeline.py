@@ -17,6 +17,7 @@ from engine.discovery import iter_dicom_files
 from engine.pipeline import process_file
 from engine.summary import summarise
 from inference.labels import LABELS
+from reports.publish import folder_owners
 
 
 def _write_phantom(path, index, *, patient_id=None, acquisition=None, size=320, seed=31):
@@ -44,8 +45,14 @@ def test_processed_file_has_four_artifacts_in_the_api_layout(tmp_path, phantom_d
     pid = str(ds.PatientID)
     folder = out / pid
     assert record["folder"] == str(folder)
-    names = sorted(p.name for p in folder.iterdir())
+    names = sorted(p.name for p in folder.iterdir() if p.name != ".cxr-engine")
     assert names == sorted(f"{pid}_{s}" for s in ("predictions.json", "heatmap.png", "source_image.png", "report.pdf"))
+    marker = json.loads((folder / ".cxr-engine").read_text())
+    assert (
+        marker["job_id"] == "job-1"
+        and marker["rank"] == record["rank"]
+        and marker["model"] == predictor.bundle.identity()
+    )
 
     doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
     assert [f["name"] for f in doc["findings"]] == list(LABELS)
@@ -147,7 +154,8 @@ def test_same_patient_keeps_one_image_by_the_documented_rule(tmp_path, predictor
     assert source.shape == (320, 320)
     pdf_text = PdfReader(folder / "P1_report.pdf").pages[0].extract_text()
     assert str(newest.SOPInstanceUID)[-12:] in pdf_text.replace("\n", "")
-    assert len(list(folder.iterdir())) == 4
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".cxr-engine"]
+    assert len(list(folder.iterdir())) == 5
     assert not any(p.name not in (".tmp", ".locks", "P1") for p in out.iterdir())
 
 
@@ -190,6 +198,110 @@ def test_unwritable_output_is_a_reasoned_skip(tmp_path, phantom_dir, predictor):
     out.mkdir()
     (out / ".tmp").write_text("squatter")
     record = process_file(min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-6")
-    assert record["status"] == "skipped" and record["reason"] == "output_error"
-    assert record["detail"].startswith("could not write the output folder (E")
+    assert record["status"] == "skipped" and record["reason"] == "output_error" and record["stage"] == "publish"
+    assert record["detail"] == "could not write the output folder (ENOTDIR: Not a directory)"
     assert sorted(p.name for p in out.iterdir()) == [".tmp"]
+
+
+# ---------------------------------------------------------------- issue 15: ownership, data roots, jobs
+
+
+def test_a_patient_id_naming_a_client_folder_or_file_never_replaces_it(tmp_path, predictor):
+    """Item 1: ``patient_id: "victim"`` and ``patient_id: "<an input DICOM's name>"`` with
+    the output folder set to the data root used to delete both; now each is an
+    ``output_error`` skip naming the conflict, and everything is left as it was."""
+    root = tmp_path / "root"
+    src = root / "phantom_1000_00003.dcm"
+    _write_phantom(src, 0, patient_id="P-ORIG")
+    (root / "victim").mkdir()
+    (root / "victim" / "notes.txt").write_text("the client's own notes")
+    shutil.copy(src, root / "victim" / "study.dcm")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts}
+    for override, conflict in (
+        ("victim", "'victim' in the output folder is a folder the engine did not make (no .cxr-engine marker)"),
+        ("phantom_1000_00003.dcm", "'phantom_1000_00003.dcm' in the output folder is a file"),
+    ):
+        record = process_file(src, root, predictor, job_id="job-v", patient_id_override=override, data_roots=[root])
+        assert record["status"] == "skipped" and record["reason"] == "output_error", record
+        assert record["stage"] == "publish" and record["detail"].startswith(conflict)
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts}
+    assert after == before and src.is_file()
+
+
+def test_worker_refuses_paths_outside_its_data_roots(tmp_path, phantom_dir, predictor):
+    """Item 2: a task sent straight to the queue names any path; the worker checks its own roots."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "in").mkdir(parents=True)
+    outside.mkdir()
+    src = root / "in" / "a.dcm"
+    shutil.copy(min(phantom_dir.glob("*.dcm")), src)
+    record = process_file(src, outside, predictor, job_id="job-o", data_roots=[root])
+    assert record["reason"] == "outside_data_roots" and record["stage"] == "publish"
+    assert record["detail"] == "the output folder is outside this worker's data roots (CXR_DATA_ROOTS); refused"
+    shutil.copy(src, outside / "b.dcm")
+    record = process_file(outside / "b.dcm", root, predictor, job_id="job-o", data_roots=[root])
+    assert record["reason"] == "outside_data_roots" and "the input file is outside" in record["detail"]
+    assert list(outside.iterdir()) == [outside / "b.dcm"] and sorted(p.name for p in root.iterdir()) == ["in"]
+
+
+def test_links_swapped_in_after_the_check_are_not_followed(tmp_path, phantom_dir, predictor):
+    """Item 2: after the 202, the input became a link to an outside file and the output
+    folder a link to an outside folder: neither is read nor written."""
+    root, outside = (tmp_path / "root").resolve(), (tmp_path / "outside").resolve()
+    (root / "in").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(min(phantom_dir.glob("*.dcm")), outside / "secret.dcm")
+    (root / "in" / "a.dcm").symlink_to(outside / "secret.dcm")
+    (root / "out").mkdir()
+    record = process_file(root / "in" / "a.dcm", root / "out", predictor, job_id="job-l", data_roots=[root])
+    assert record["reason"] == "outside_data_roots" and "passes through a symbolic link" in record["detail"]
+    (root / "in" / "a.dcm").unlink()
+    shutil.copy(outside / "secret.dcm", root / "in" / "a.dcm")
+    (root / "out").rmdir()
+    (root / "out").symlink_to(outside)
+    record = process_file(root / "in" / "a.dcm", root / "out", predictor, job_id="job-l", data_roots=[root])
+    assert record["reason"] == "outside_data_roots" and record["stage"] == "publish"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.dcm"]
+    (root / "out").unlink()
+    (root / "out").mkdir()
+    record = process_file(root / "in" / "a.dcm", root / "out", predictor, job_id="job-l", data_roots=[root])
+    assert record["status"] == "processed" and record["path"] == str(root / "in" / "a.dcm"), record
+    assert record["rank"][-1] == str(root / "in" / "a.dcm")  # the path, not /proc/self/fd/N
+
+
+def test_rank_rule_and_summaries_hold_across_jobs(tmp_path, predictor):
+    """Item 5: two jobs write one patient folder. The greater rank stays on disk whatever
+    the order, and each summary says what the disk holds when it is written."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    out.mkdir()
+    _write_phantom(inp / "old.dcm", 0, patient_id="P5", acquisition="20250101120000")
+    _write_phantom(inp / "new.dcm", 1, patient_id="P5", acquisition="20260101120000")
+    _write_phantom(inp / "newer.dcm", 2, patient_id="P5", acquisition="20270101120000")
+
+    def run_job(job_id, name):
+        records = [process_file(inp / name, out, predictor, job_id=job_id)]
+        owners = folder_owners(out, [r["folder"] for r in records if r["status"] == "processed"])
+        return records[0], summarise(records, job_id=job_id, total=1, owners=owners)
+
+    record_a, summary_a = run_job("job-a", "new.dcm")
+    assert record_a["published"] and summary_a["superseded"] == []
+    record_b, summary_b = run_job("job-b", "old.dcm")  # a later job, an older image
+    assert record_b["status"] == "processed" and not record_b["published"]
+    assert record_b["kept"] == str(inp / "new.dcm")
+    assert summary_b["superseded"] == [
+        {"path": str(inp / "old.dcm"), "folder": str(out / "P5"), "kept": str(inp / "new.dcm"), "kept_job_id": "job-a"}
+    ]
+    doc = json.loads((out / "P5" / "P5_predictions.json").read_text())
+    assert doc["publication"]["job_id"] == "job-a" and doc["source"]["path"] == str(inp / "new.dcm")
+    # Job A's summary, written again now (a redelivered callback): job C replaced its folder.
+    run_job("job-c", "newer.dcm")
+    owners = folder_owners(out, [record_a["folder"]])
+    again = summarise([record_a], job_id="job-a", total=1, owners=owners)
+    assert again["superseded"] == [
+        {
+            "path": str(inp / "new.dcm"),
+            "folder": str(out / "P5"),
+            "kept": str(inp / "newer.dcm"),
+            "kept_job_id": "job-c",
+        }
+    ]

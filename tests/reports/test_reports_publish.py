@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from inference.errors import OutputError
 from reports import publish
 from reports.naming import UnsafePathError
 from reports.publish import (
@@ -41,6 +42,8 @@ def artifacts(marker: str, job_id: str, rank: list[str], folder: str = FOLDER, s
 def markers(folder: Path) -> set[str]:
     found = set()
     for path in folder.iterdir():
+        if path.name == publish.MARKER_NAME:
+            continue
         data = path.read_bytes()
         found.add(json.loads(data)["marker"] if path.suffix == ".json" else data.split(b"|")[0].decode())
     return found
@@ -84,6 +87,15 @@ def test_publishes_four_files(output_root: Path) -> None:
     assert sorted(outcome.files) == sorted(artifact_names(FOLDER).values())
     assert all(path.parent == folder and path.is_file() for path in outcome.files.values())
     assert markers(folder) == {"A"}
+    assert json.loads((folder / ".cxr-engine").read_text()) == {
+        "engine": "cxr-engine",
+        "kind": "image",
+        "layout": "patient",
+        "job_id": "job-1",
+        "rank": ["2024", "1.2", "/a.dcm"],
+        "model": {},
+    }
+    assert outcome.owner is not None and outcome.owner["job_id"] == "job-1"
     assert sorted(p.name for p in output_root.iterdir()) == [".locks", ".tmp", FOLDER]
     assert list((output_root / ".tmp").iterdir()) == []
 
@@ -113,31 +125,114 @@ def test_equal_rank_is_a_retry_and_republishes(output_root: Path) -> None:
     assert markers(output_root / FOLDER) == {"retry"}
 
 
-def test_different_job_always_replaces(output_root: Path) -> None:
+def test_rank_rule_holds_across_jobs(output_root: Path) -> None:
+    """Issue 15 item 5: a later job's lower-ranked image does not replace the folder."""
     publish_as(output_root, "old-job", "job-1", ["2099", "9", "/z.dcm"])
-    assert publish_as(output_root, "new-job", "job-2", ["1900", "0", "/a.dcm"]).status == "published"
-    assert markers(output_root / FOLDER) == {"new-job"}
+    outcome = publish_as(output_root, "new-job", "job-2", ["1900", "0", "/a.dcm"])
+    assert outcome.status == "superseded" and outcome.owner is not None
+    assert outcome.owner["job_id"] == "job-1" and outcome.owner["rank"] == ["2099", "9", "/z.dcm"]
+    assert markers(output_root / FOLDER) == {"old-job"}
+    assert publish_as(output_root, "newer", "job-3", ["2100", "0", "/b.dcm"]).status == "published"
+    assert markers(output_root / FOLDER) == {"newer"}
 
 
-def test_folder_without_readable_predictions_is_replaced(output_root: Path) -> None:
-    (output_root / FOLDER).mkdir()
-    (output_root / FOLDER / f"{FOLDER}_predictions.json").write_text("{not json")
-    (output_root / FOLDER / "stray.txt").write_text("hand-made")
-    assert publish_as(output_root, "new", "job-1", ["a"]).status == "published"
-    assert markers(output_root / FOLDER) == {"new"}  # stray file gone: never a mix
+def test_equal_rank_from_another_job_republishes(output_root: Path) -> None:
+    rank = ["2024-02", "1.1", "/b.dcm"]
+    publish_as(output_root, "first", "job-1", rank)
+    assert publish_as(output_root, "rerun", "job-2", rank).status == "published"
+    assert markers(output_root / FOLDER) == {"rerun"}
 
 
-def test_instance_layout_always_replaces(output_root: Path) -> None:
+def test_folder_without_marker_is_never_replaced(output_root: Path) -> None:
+    """Issue 15 item 1: a client's own folder (here with a DICOM and notes) is refused."""
+    victim = output_root / FOLDER
+    victim.mkdir()
+    (victim / f"{FOLDER}_predictions.json").write_text("{not json")
+    (victim / "notes.txt").write_text("hand-made")
+    (victim / "study.dcm").write_bytes(b"DICM")
+    before = snapshot(victim)
+    with pytest.raises(OutputError, match=f"'{FOLDER}' in the output folder is a folder the engine did not make"):
+        publish_as(output_root, "new", "job-1", ["a"])
+    assert snapshot(victim) == before
+    assert list((output_root / ".tmp").iterdir()) == []
+
+
+def test_a_file_is_never_replaced_by_a_folder(output_root: Path) -> None:
+    """Issue 15 item 1: an input DICOM whose name passes the sanitiser stays a file."""
+    dicom = output_root / "phantom_1000_00003.dcm"
+    dicom.write_bytes(b"\0" * 128 + b"DICM")
+    with pytest.raises(OutputError, match="'phantom_1000_00003.dcm' in the output folder is a file"):
+        publish_as(output_root, "new", "job-1", ["a"], parts=["phantom_1000_00003.dcm"])
+    assert dicom.read_bytes() == b"\0" * 128 + b"DICM"
+
+
+@pytest.mark.parametrize("content", ["", "{}", '{"engine": "other"}', "[1]", "x" * 70000])
+def test_unusable_marker_is_a_conflict(output_root: Path, content: str) -> None:
+    victim = output_root / FOLDER
+    victim.mkdir()
+    (victim / ".cxr-engine").write_text(content)
+    (victim / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="marker"):
+        publish_as(output_root, "new", "job-1", ["a"])
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_marker_that_is_a_link_is_a_conflict(output_root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "forged-marker"
+    outside.write_text(json.dumps({"engine": "cxr-engine", "kind": "image", "layout": "patient", "rank": []}))
+    victim = output_root / FOLDER
+    victim.mkdir()
+    (victim / ".cxr-engine").symlink_to(outside)
+    with pytest.raises(OutputError, match="cannot be read"):
+        publish_as(output_root, "new", "job-1", ["a"])
+    assert (victim / ".cxr-engine").is_symlink()
+
+
+def test_folder_published_before_markers_is_adopted(output_root: Path) -> None:
+    """Exactly the four artifacts and a predictions JSON with a rank: an earlier engine output."""
+    legacy = output_root / FOLDER
+    legacy.mkdir()
+    for name, data in artifacts("legacy", "job-0", ["2020", "1", "/old.dcm"]).items():
+        (legacy / name).write_bytes(data)
+    assert publish_as(output_root, "low", "job-1", ["2019", "1", "/a.dcm"]).status == "superseded"
+    assert publish_as(output_root, "new", "job-1", ["2021", "1", "/b.dcm"]).status == "published"
+    assert markers(legacy) == {"new"} and (legacy / ".cxr-engine").is_file()
+
+
+def test_instance_layout_applies_the_rank_rule(output_root: Path) -> None:
     parts = [FOLDER, "1.2.3"]
     publish_as(output_root, "high", "job-1", ["2024-02"], layout="instance", parts=parts)
-    outcome = publish_as(output_root, "low", "job-1", ["2024-01"], layout="instance", parts=parts)
-    assert outcome.status == "published" and outcome.folder == output_root.resolve() / FOLDER / "1.2.3"
-    assert markers(outcome.folder) == {"low"}
+    outcome = publish_as(output_root, "low", "job-2", ["2024-01"], layout="instance", parts=parts)
+    assert outcome.status == "superseded" and outcome.folder == output_root.resolve() / FOLDER / "1.2.3"
+    assert markers(outcome.folder) == {"high"}
+    container = json.loads((output_root / FOLDER / ".cxr-engine").read_text())
+    assert container == {"engine": "cxr-engine", "kind": "container"}
+    assert publish_as(output_root, "equal", "job-3", ["2024-02"], layout="instance", parts=parts).status == "published"
+    assert markers(outcome.folder) == {"equal"}
+
+
+def test_instance_layout_refuses_a_client_folder_as_container(output_root: Path) -> None:
+    (output_root / FOLDER).mkdir()
+    (output_root / FOLDER / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="did not make"):
+        publish_as(output_root, "x", "job-1", ["a"], layout="instance", parts=[FOLDER, "1.2.3"])
+    assert [p.name for p in (output_root / FOLDER).iterdir()] == ["notes.txt"]
+
+
+def test_layouts_do_not_replace_each_other(output_root: Path) -> None:
+    publish_as(output_root, "patient", "job-1", ["a"])
+    with pytest.raises(OutputError, match="holds the engine's patient-layout output"):
+        publish_as(output_root, "x", "job-2", ["b"], layout="instance", parts=[FOLDER, "1.2.3"])
+    publish_as(output_root, "inst", "job-3", ["a"], layout="instance", parts=["OTHER", "1.2.3"])
+    with pytest.raises(OutputError, match="holds the engine's instance-layout folders"):
+        publish_as(output_root, "x", "job-4", ["z"], parts=["OTHER"])
+    assert markers(output_root / FOLDER) == {"patient"}
 
 
 @pytest.mark.parametrize(
     "parts",
     [
+        ["a", "b"],
         [".."],
         ["../x"],
         ["a/../.."],
@@ -170,9 +265,10 @@ def test_symlinked_folders_are_refused(output_root: Path, tmp_path: Path) -> Non
     (output_root / "real").mkdir()
     (output_root / "alias").symlink_to(output_root / "real")
     for name in ("escape", "alias"):
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(OutputError, match="symbolic link"):
             publish_as(output_root, "x", "j", ["a"], parts=[name])
     assert list(outside.iterdir()) == [] and list((output_root / "real").iterdir()) == []
+    assert (output_root / "escape").is_symlink()
 
 
 @pytest.mark.parametrize("name", ["../evil.json", ".hidden", "a/b", ""])
@@ -197,7 +293,7 @@ def test_bad_layout_and_rank_are_refused(output_root: Path) -> None:
 
 
 def test_failed_swap_leaves_no_temp_dir(output_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def explode(staging: Path, target: Path) -> None:
+    def explode(*args: Any) -> None:
         raise OSError(errno.EIO, "simulated I/O error")
 
     monkeypatch.setattr(publish, "_swap_into_place", explode)
@@ -207,26 +303,32 @@ def test_failed_swap_leaves_no_temp_dir(output_root: Path, monkeypatch: pytest.M
 
 
 def test_renameat2_exchange_swaps_directories_here(tmp_path: Path) -> None:
-    exchange = publish._renameat2_exchange()
-    if exchange is None:
+    renameat2 = publish._renameat2()
+    if renameat2 is None:
         pytest.skip("libc has no renameat2")
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
     (first / "one").write_text("1")
     (second / "two").write_text("2")
-    exchange(first, second)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        renameat2(fd, "first", fd, "second", 2)
+        with pytest.raises(FileExistsError):
+            renameat2(fd, "first", fd, "second", 1)  # RENAME_NOREPLACE
+    finally:
+        os.close(fd)
     assert [p.name for p in first.iterdir()] == ["two"] and [p.name for p in second.iterdir()] == ["one"]
 
 
 @pytest.mark.parametrize("failure", ["ENOSYS", "EINVAL", "no-libc-symbol"])
 def test_fallback_without_renameat2(output_root: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
-    def unsupported(first: Path, second: Path) -> None:
+    def unsupported(*args: Any) -> None:
         code = getattr(errno, failure)
         raise OSError(code, os.strerror(code))
 
     replacement = None if failure == "no-libc-symbol" else unsupported
-    monkeypatch.setattr(publish, "_renameat2_exchange", lambda: replacement)
+    monkeypatch.setattr(publish, "_renameat2", lambda: replacement)
     publish_as(output_root, "old", "job-1", ["a"])
     assert publish_as(output_root, "new", "job-1", ["b"]).status == "published"
     assert markers(output_root / FOLDER) == {"new"}
@@ -260,9 +362,9 @@ def test_staging_folder_is_named_after_its_job(output_root: Path, monkeypatch: p
     seen: list[str] = []
     real = publish._swap_into_place
 
-    def spy(staging: Path, target: Path) -> None:
-        seen.append(staging.name)
-        real(staging, target)
+    def spy(temp_fd: int, staging: str, *rest: Any) -> None:
+        seen.append(staging)
+        real(temp_fd, staging, *rest)
 
     monkeypatch.setattr(publish, "_swap_into_place", spy)
     publish_artifacts(
@@ -279,12 +381,14 @@ def test_publisher_waits_for_the_folder_lock(output_root: Path) -> None:
         publish_as(output_root, "waiting", "job-1", ["a"])
         done.set()
 
-    with publish._folder_lock(root, root / FOLDER):
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    with publish._folder_lock(root_fd, [FOLDER]):
         thread = threading.Thread(target=run)
         thread.start()
         assert not done.wait(0.3)  # blocked on the flock held above
         assert not (output_root / FOLDER).exists()
     thread.join(10)
+    os.close(root_fd)
     assert done.is_set() and markers(output_root / FOLDER) == {"waiting"}
 
 
@@ -338,6 +442,6 @@ def test_two_processes_racing_leave_the_max_rank_complete(output_root: Path) -> 
         worker.join(60)
         assert worker.exitcode == 0
     assert markers(output_root / FOLDER) == {"B-39"}
-    assert len(list((output_root / FOLDER).iterdir())) == 4
+    assert len(list((output_root / FOLDER).iterdir())) == 5  # four artifacts and the marker
     assert list((output_root / ".tmp").iterdir()) == []
     assert [p.name for p in output_root.iterdir() if not p.name.startswith(".")] == [FOLDER]

@@ -147,7 +147,8 @@ def assert_published_once(out: Path, summary: dict[str, Any], inputs: list[Path]
     for source, folder in outputs.items():
         folder_path = Path(folder)
         name = folder_path.name
-        assert sorted(p.name for p in folder_path.iterdir()) == sorted(name + s for s in ARTIFACT_SUFFIXES.values())
+        artifacts = sorted(name + s for s in ARTIFACT_SUFFIXES.values())
+        assert sorted(p.name for p in folder_path.iterdir()) == sorted([".cxr-engine", *artifacts])
         doc = json.loads((folder_path / f"{name}_predictions.json").read_text())
         assert doc["source"]["path"] == source
         assert doc["publication"]["job_id"] == job_id

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +35,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_env(redis_url: str = REDIS_TEST_URL, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, REDIS_URL=redis_url, TF_CPP_MIN_LOG_LEVEL="2", CXR_TF_THREADS="1", PYTHONPATH=str(ROOT))
+    """A worker's environment. ``CXR_DATA_ROOTS`` defaults to the temporary directory every
+    test's data lives under (a worker enforces its roots itself); a test that needs a
+    narrower root (the session worker: the API's data root) passes it."""
+    env = dict(
+        os.environ,
+        REDIS_URL=redis_url,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CXR_TF_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        CXR_DATA_ROOTS=tempfile.gettempdir(),
+    )
     env.update(extra)
     return env
 

@@ -82,14 +82,18 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def worker(app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    with running_worker("w1", app, tmp_path_factory.mktemp("logs") / "w1.log", worker_env()) as w:
+def worker(app: Any, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    env = worker_env(CXR_DATA_ROOTS=str(data_root))  # the API's roots: the worker checks them again
+    with running_worker("w1", app, tmp_path_factory.mktemp("logs") / "w1.log", env) as w:
         yield w
 
 
 @pytest.fixture(scope="session")
-def second_worker(worker: WorkerProcess, app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    with running_worker("w2", app, tmp_path_factory.mktemp("logs") / "w2.log", worker_env()) as w:
+def second_worker(
+    worker: WorkerProcess, app: Any, data_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    env = worker_env(CXR_DATA_ROOTS=str(data_root))
+    with running_worker("w2", app, tmp_path_factory.mktemp("logs") / "w2.log", env) as w:
         yield w
 
 
