@@ -12,6 +12,11 @@ YBR_ICT) arrives converted to RGB and ``DecodeInfo.photometric_interpretation``
 says so. ``DecodeInfo.decoder`` names the plugin that decoded the frame, or
 ``"native"`` for uncompressed transfer syntaxes.
 
+Before any plugin sees an encapsulated frame, ``codestream.check_frame_header`` reads
+the frame's own header (JPEG 2000 SIZ, JPEG SOFn, JPEG-LS SOF55, RLE header): a
+codestream larger than the DICOM header says is a decompression bomb, refused as
+``UnsupportedImage`` without being decoded.
+
 Raises ``DecodeError`` (naming the transfer syntax) when no plugin is available or
 every available plugin fails; any exception pydicom raises while decoding is
 turned into a ``DecodeError`` with a one-line detail, never propagated raw.
@@ -34,6 +39,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from inference.codestream import check_frame_header
 from inference.errors import DecodeError, reraise_if_interrupt
 
 LOGGER = logging.getLogger(__name__)
@@ -131,6 +137,10 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, DecodeInfo]:
         arr, props = _decode_native(decoder, ds, ts_label)
         used = NATIVE_DECODER
     else:
+        try:
+            check_frame_header(ds, tsyntax)  # the codestream's own size, before any plugin allocates it
+        except DecodeError as exc:
+            raise DecodeError(f"{ts_label}: {exc.detail}") from exc
         arr, props, used = _decode_encapsulated(decoder, ds, ts_label)
 
     if not arr.dtype.isnative:

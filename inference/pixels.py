@@ -21,7 +21,14 @@ VOI policy (the model sees the image "as displayed"; train with the same policy)
    and SIGMOID (the limits the standard sets), a non-numeric value, or an
    unknown function is invalid: it is noted and step 3 is used.
 3. Otherwise the minimum and maximum of the modality values map linearly to 0
-   and 1; a constant image becomes all zeros.
+   and 1; a constant image becomes all zeros (and is then refused, below).
+
+Blank images are refused, never shown to the model (which answers "Normal" for an
+empty picture): a value that is not finite after the modality LUT (a Rescale Slope of
+1e308 overflows to infinity; slope 0 is refused too), and a displayed image whose
+pixels have (near) zero variance (``check_not_blank``: standard deviation below
+``BLANK_STD`` of the [0, 1] range; a constant image, or a window that maps every value
+to one grey) are ``UnsupportedImage`` naming the cause.
 
 Colour images (RGB after decoding, or PALETTE COLOR) skip the modality LUT and
 VOI: BT.601 luma divided by the full scale of the colour data
@@ -172,8 +179,15 @@ def apply_modality_lut(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[s
     rescale = Dataset()
     rescale.RescaleSlope = slope
     rescale.RescaleIntercept = intercept
-    out = pydicom_apply_modality_lut(arr, rescale)
-    return np.asarray(out, dtype=np.float64), {
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as a refusal
+        out = np.asarray(pydicom_apply_modality_lut(arr, rescale), dtype=np.float64)
+    infinite = out.size - int(np.count_nonzero(np.isfinite(out)))
+    if infinite:
+        raise UnsupportedImage(
+            f"(0028,1053) Rescale Slope {slope:g} and (0028,1052) Rescale Intercept {intercept:g} give "
+            f"{infinite} of {out.size} values that are not finite (overflow); the image would be blank"
+        )
+    return out, {
         "method": "rescale",
         "slope": slope,
         "intercept": intercept,
@@ -323,6 +337,59 @@ def stretch_min_max(values: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         }
     out = (x - lo) / (hi - lo)
     return out.astype(np.float32), {"method": "min_max", "min": lo, "max": hi}
+
+
+#: A displayed image (values in [0, 1]) whose pixels' standard deviation is below this is
+#: blank: about one grey step of a 10-bit display (1/1023). A chest radiograph's is ~0.2;
+#: one white pixel in 4096 black ones is still 0.016.
+BLANK_STD = 1e-3
+_STD_CHUNK = 1 << 20
+
+
+def displayed_std(img: np.ndarray) -> float:
+    """Standard deviation of ``img``'s values in float64, 1 Mi values at a time (no
+    full-size float64 copy of a large image); NaN if any value is not finite."""
+    flat = np.ravel(img)
+    if flat.size == 0:
+        return 0.0
+    mean = float(np.add.reduce(flat, dtype=np.float64)) / flat.size
+    if not math.isfinite(mean):
+        return math.nan
+    squares = 0.0
+    for start in range(0, flat.size, _STD_CHUNK):
+        deviation = flat[start : start + _STD_CHUNK].astype(np.float64) - mean
+        squares += float(np.dot(deviation, deviation))
+    return math.sqrt(squares / flat.size)
+
+
+def check_not_blank(img: np.ndarray, values: np.ndarray, voi: dict[str, Any]) -> None:
+    """Refuse a displayed image with (near) zero variance (``BLANK_STD``) or a value that
+    is not finite. ``values`` (the modality values, or the luma of a colour image) and
+    ``voi`` (``apply_voi``'s info) name what made it blank."""
+    std = displayed_std(img)
+    if not math.isfinite(std):
+        raise UnsupportedImage("the displayed image holds values that are not finite; it would be blank")
+    if std >= BLANK_STD:
+        return
+    method = voi.get("method")
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if lo == hi:
+        cause = f"every pixel value is {lo:g} (a constant image)"
+    elif method == "min_max":
+        cause = f"the values span {voi['min']:g}..{voi['max']:g}, too wide a range to display"
+    elif method == "window":
+        cause = (
+            f"(0028,1050) Window Center {voi['center']:g} / (0028,1051) Window Width {voi['width']:g} "
+            f"({voi['function']}) maps every value to (nearly) one grey"
+        )
+    elif method == "voi_lut_sequence":
+        cause = "(0028,3010) VOI LUT Sequence maps every value to (nearly) one grey"
+    else:
+        cause = "the colour image is (nearly) one colour"
+    raise UnsupportedImage(
+        f"the displayed image is blank (standard deviation {std:.2g} of its [0, 1] pixels, below {BLANK_STD:g}): "
+        f"{cause}"
+    )
 
 
 def decide_inversion(photometric: str, ds: Dataset) -> str | None:

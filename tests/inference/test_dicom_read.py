@@ -186,12 +186,13 @@ def test_monochrome1_file_is_inverted_and_says_why(make_dataset: MakeDataset, wr
 
 def test_colour_scanned_film_without_modality(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
-    rgb[..., 1] = 255
+    rgb[:2, :, 1] = 255  # green above black: one colour only would be a blank image
     ds = make_dataset(rgb, photometric="RGB", Modality=None)
 
     image = read_dicom_image(write_dicom(ds))
 
-    np.testing.assert_allclose(image.pixels, 0.587, atol=1e-6)
+    np.testing.assert_allclose(image.pixels[:2], 0.587, atol=1e-6)
+    np.testing.assert_allclose(image.pixels[2:], 0.0, atol=1e-6)
     assert image.patient.modality == ""
     assert image.provenance["voi"] == {"method": "none"}
     assert "colour image converted to grayscale (BT.601 luma)" in image.provenance["notes"]
