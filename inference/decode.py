@@ -165,6 +165,8 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, DecodeInfo]:
 def _decode_native(decoder: Decoder, ds: Dataset, ts_label: str) -> tuple[np.ndarray, dict[str, str | int]]:
     try:
         return decoder.as_array(ds, index=0)
+    except MemoryError:
+        raise  # the process's memory bound, not the file's encoding: read_dicom_image reports it
     except Exception as exc:  # pydicom raises many types; all mean "cannot decode"
         reraise_if_interrupt(exc)
         raise DecodeError(f"{ts_label}: {summarise_exception(exc)}") from exc
@@ -180,6 +182,8 @@ def _decode_encapsulated(decoder: Decoder, ds: Dataset, ts_label: str) -> tuple[
     for plugin in plugins:
         try:
             arr, props = decoder.as_array(ds, index=0, decoding_plugin=plugin)
+        except MemoryError:
+            raise  # another plugin would need the same memory
         except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the next
             reraise_if_interrupt(exc)
             LOGGER.info("plugin %s failed on %s: %s", plugin, ts_label, exc)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from inference.decode import DecodeInfo, decode_first_frame
+from inference.decode import DecodeInfo, decode_first_frame, summarise_exception
 from inference.dicom_header import (
     ReadOptions,
     check_eligibility,
@@ -43,6 +43,7 @@ from inference.dicom_header import (
     record_provenance,
 )
 from inference.dicom_load import load_dataset
+from inference.errors import UnsupportedImage
 from inference.image import DicomImage
 from inference.pixels import (
     apply_modality_lut,
@@ -111,7 +112,16 @@ def read_dicom_image(
     ds = load_dataset(path, options.max_inflated_bytes)
     patient = read_patient_info(ds, patient_id_override)
     check_eligibility(ds, options)
-    stored, info = decode_first_frame(ds)
-    pixels, record = build_display_image(stored, info, ds)
+    try:
+        stored, info = decode_first_frame(ds)
+        pixels, record = build_display_image(stored, info, ds)
+    except MemoryError as exc:
+        # A worker process runs under a memory bound (workers.memory): an image within
+        # CXR_MAX_PIXELS that still does not fit is this file's skip, not the process's end.
+        raise UnsupportedImage(
+            f"(0028,0010) Rows {ds.get('Rows')} x (0028,0011) Columns {ds.get('Columns')}: decoding and "
+            f"displaying the image needed more memory than this process may use ({summarise_exception(exc)}); "
+            "see CXR_WORKER_MEMORY_MB and CXR_MAX_PIXELS"
+        ) from None
     provenance = record_provenance(ds, stored, info, record)
     return DicomImage(path=str(path), pixels=pixels, patient=patient, provenance=provenance)
