@@ -345,8 +345,9 @@ def stretch_min_max(values: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
             "min": lo,
             "max": hi,
         }
-    out = x - lo
-    out /= hi - lo
+    with np.errstate(over="ignore", invalid="ignore"):  # a range too wide for float64: check_not_blank refuses it
+        out = x - lo
+        out /= hi - lo
     return out.astype(np.float32), {"method": "min_max", "min": lo, "max": hi}
 
 
