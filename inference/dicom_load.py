@@ -127,7 +127,7 @@ def check_inflated_size(path: str | os.PathLike[str], size: int, limit: int) -> 
             read_preamble(fp, True)  # no 'DICM': back at byte 0, as dcmread(force=True)
             meta = _read_file_meta_info(fp)
             syntax = UID(str(meta.get("TransferSyntaxUID") or "").strip("\x00 "))
-        except Exception as exc:  # arbitrary bytes; the full parse names the problem
+        except Exception as exc:  # noqa: BLE001 - arbitrary bytes; the full parse names the problem
             reraise_if_interrupt(exc)
             return False
         if syntax != DeflatedExplicitVRLittleEndian:

@@ -100,7 +100,9 @@ def test_max_pixels_comes_from_the_environment_and_bounds_header_and_inflation(
     assert (options.max_pixels, options.accepted_modalities) == (1000, frozenset({"CR"}))
     assert options.max_inflated_bytes == 4 * 1000 + (16 << 20)
     path = write_dicom(make_dataset())  # 32 x 32 = 1024 values
-    with pytest.raises(UnsupportedImage, match=r"Rows 32 x \(0028,0011\) Columns 32 x 1 samples exceeds the limit of 1000"):
+    with pytest.raises(
+        UnsupportedImage, match=r"Rows 32 x \(0028,0011\) Columns 32 x 1 samples exceeds the limit of 1000"
+    ):
         read_dicom_image(path, options)
     assert read_dicom_image(path, ReadOptions.from_env({"CXR_MAX_PIXELS": "1024"})).pixels.shape == (32, 32)
 
