@@ -22,6 +22,10 @@ Why ``RLIMIT_DATA`` and not ``RLIMIT_AS`` or Celery's ``worker_max_memory_per_ch
 * ``worker_max_memory_per_child`` is checked after a task ends: it replaces a process
   that grew, but does not stop the one file that is growing it.
 
+Not measured on a GPU host (none was available): CUDA's pinned host buffers are device
+mappings, which ``RLIMIT_DATA`` does not count, but if a GPU worker fails to start or to
+allocate under the bound, raise ``CXR_WORKER_MEMORY_MB`` or set it to 0 (and say so).
+
 Sizing: reading the largest image ``CXR_MAX_PIXELS`` allows by default (100 M values,
 10000 x 10000 x 16 bits) and analysing it raised the child's RSS by 2.3 GB (3.3 GB before
 the pixel pipeline computed its windows in place), and needed between 2 and 2.5 GB of
