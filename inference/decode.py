@@ -12,6 +12,11 @@ YBR_ICT) arrives converted to RGB and ``DecodeInfo.photometric_interpretation``
 says so. ``DecodeInfo.decoder`` names the plugin that decoded the frame, or
 ``"native"`` for uncompressed transfer syntaxes.
 
+Before any plugin sees an encapsulated frame, ``codestream.check_frame_header`` reads
+the frame's own header (JPEG 2000 SIZ, JPEG SOFn, JPEG-LS SOF55, RLE header): a
+codestream larger than the DICOM header says is a decompression bomb, refused as
+``UnsupportedImage`` without being decoded.
+
 Raises ``DecodeError`` (naming the transfer syntax) when no plugin is available or
 every available plugin fails; any exception pydicom raises while decoding is
 turned into a ``DecodeError`` with a one-line detail, never propagated raw.
@@ -34,6 +39,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from inference.codestream import check_frame_header
 from inference.errors import DecodeError, reraise_if_interrupt
 
 LOGGER = logging.getLogger(__name__)
@@ -131,6 +137,10 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, DecodeInfo]:
         arr, props = _decode_native(decoder, ds, ts_label)
         used = NATIVE_DECODER
     else:
+        try:
+            check_frame_header(ds, tsyntax)  # the codestream's own size, before any plugin allocates it
+        except DecodeError as exc:
+            raise DecodeError(f"{ts_label}: {exc.detail}") from exc
         arr, props, used = _decode_encapsulated(decoder, ds, ts_label)
 
     if not arr.dtype.isnative:
@@ -155,6 +165,8 @@ def decode_first_frame(ds: Dataset) -> tuple[np.ndarray, DecodeInfo]:
 def _decode_native(decoder: Decoder, ds: Dataset, ts_label: str) -> tuple[np.ndarray, dict[str, str | int]]:
     try:
         return decoder.as_array(ds, index=0)
+    except MemoryError:
+        raise  # the process's memory bound, not the file's encoding: read_dicom_image reports it
     except Exception as exc:  # pydicom raises many types; all mean "cannot decode"
         reraise_if_interrupt(exc)
         raise DecodeError(f"{ts_label}: {summarise_exception(exc)}") from exc
@@ -170,6 +182,8 @@ def _decode_encapsulated(decoder: Decoder, ds: Dataset, ts_label: str) -> tuple[
     for plugin in plugins:
         try:
             arr, props = decoder.as_array(ds, index=0, decoding_plugin=plugin)
+        except MemoryError:
+            raise  # another plugin would need the same memory
         except Exception as exc:  # noqa: BLE001 - a failing plugin must not stop the next
             reraise_if_interrupt(exc)
             LOGGER.info("plugin %s failed on %s: %s", plugin, ts_label, exc)

@@ -21,7 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.decode import DecodeInfo, resolve_transfer_syntax
-from inference.dicom_load import declared_length, is_deferred, read_text
+from inference.dicom_load import DEFAULT_MAX_PIXELS, declared_length, inflate_limit, is_deferred, read_text
 from inference.errors import (
     DecodeError,
     MissingPatientId,
@@ -33,6 +33,7 @@ from inference.image import PatientInfo
 from inference.pixels import pixel_sha256
 
 ENV_ACCEPTED_MODALITIES = "CXR_ACCEPTED_MODALITIES"
+ENV_MAX_PIXELS = "CXR_MAX_PIXELS"
 MODALITY_ABSENT_TOKEN = "NONE"
 """In ``CXR_ACCEPTED_MODALITIES``, stands for "(0008,0060) absent or blank"."""
 
@@ -55,11 +56,17 @@ SUPPORTED_BITS_ALLOCATED = frozenset({1, 8, 16, 32})
 @dataclass(frozen=True)
 class ReadOptions:
     """What the read stage accepts. ``""`` in ``accepted_modalities`` accepts files
-    without (0008,0060) Modality (scanned films). Limits apply per frame."""
+    without (0008,0060) Modality (scanned films). Limits apply per frame.
+
+    ``max_pixels`` (``CXR_MAX_PIXELS``) bounds rows x columns x samples of the frame
+    decoded, as the DICOM header declares it and, for compressed data, as the
+    codestream's own header declares it (``inference.codestream``: the two must agree);
+    it also sets how far a deflated dataset may inflate (``max_inflated_bytes``).
+    """
 
     accepted_modalities: frozenset[str] = frozenset({"CR", "DX", "SC", "OT", ""})
     max_side: int = 16384
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         normalised = frozenset(m.strip().upper() for m in self.accepted_modalities)
@@ -67,19 +74,41 @@ class ReadOptions:
         if self.max_side < 1 or self.max_pixels < 1:
             raise ValueError("max_side and max_pixels must be positive")
 
+    @property
+    def max_inflated_bytes(self) -> int:
+        """How far a deflated dataset may inflate (``dicom_load.inflate_limit``)."""
+        return inflate_limit(self.max_pixels)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReadOptions:
         """Build options from the environment (``os.environ`` by default).
 
         ``CXR_ACCEPTED_MODALITIES`` is a comma-separated list, case-insensitive,
         e.g. ``CR,DX,NONE``; the token ``NONE`` accepts files whose Modality is
-        absent or blank. Unset or blank keeps the defaults.
+        absent or blank. ``CXR_MAX_PIXELS`` is a positive whole number (``_`` allowed,
+        e.g. ``50_000_000``). Unset or blank keeps the defaults; a bad value raises
+        ``ValueError`` naming the variable.
         """
         env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
         raw = env.get(ENV_ACCEPTED_MODALITIES, "").strip()
-        if not raw:
-            return cls()
-        return cls(accepted_modalities=parse_modalities(raw))
+        if raw:
+            kwargs["accepted_modalities"] = parse_modalities(raw)
+        raw = env.get(ENV_MAX_PIXELS, "").strip()
+        if raw:
+            kwargs["max_pixels"] = parse_positive_int(ENV_MAX_PIXELS, raw)
+        return cls(**kwargs)
+
+
+def parse_positive_int(name: str, text: str) -> int:
+    """``"50_000_000"`` -> 50000000; anything but a whole number above 0 raises ``ValueError``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number above 0, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a whole number above 0, got {text!r}")
+    return value
 
 
 def parse_modalities(text: str) -> frozenset[str]:

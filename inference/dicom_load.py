@@ -14,20 +14,31 @@ refused as truncated. Encapsulated (compressed) Pixel Data has an undefined leng
 and pydicom must scan it to find its end, so it is read during the header pass
 (bounded by the file's size). ``stop_before_pixels`` would not do: it drops the
 pixels the decoder needs, so every file would be parsed twice.
+
+A Deflated Explicit VR Little Endian file is different: pydicom inflates the whole
+dataset into memory before it parses anything (1.16 MB of deflated zeros became 1.97 GB).
+``check_inflated_size`` first inflates it as a stream, keeping nothing, and refuses it as
+``UnsupportedImage`` once it passes ``max_inflated_bytes`` (``inflate_limit``: one frame
+of ``CXR_MAX_PIXELS`` values of 4 bytes, the most Bits Allocated allows, plus 16 MiB for
+the other elements; a deflated file of many frames may exceed it and is refused). Only
+then does pydicom inflate it, without ``defer_size``: its values are in memory already,
+and a deferred value would be read again from the *compressed* file.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import zlib
 
 import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from inference.decode import resolve_transfer_syntax, summarise_exception
 from inference.errors import (
@@ -41,18 +52,30 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Defined-length values larger than this are left on disk by the header pass.
 DEFER_BYTES = 1 << 20
+#: ``ReadOptions.max_pixels`` by default (``CXR_MAX_PIXELS``): values of one frame.
+DEFAULT_MAX_PIXELS = 100_000_000
+#: Room for the non-pixel elements of a deflated dataset, on top of one frame.
+INFLATE_HEADROOM = 16 << 20
+_INFLATE_CHUNK = 1 << 20
+
+
+def inflate_limit(max_pixels: int) -> int:
+    """Bytes a deflated dataset may inflate to: ``max_pixels`` values of 4 bytes plus 16 MiB."""
+    return 4 * max_pixels + INFLATE_HEADROOM
 
 
 # --------------------------------------------------------------------------- load
 
 
-def load_dataset(path: str | os.PathLike[str]) -> Dataset:
+def load_dataset(path: str | os.PathLike[str], max_inflated_bytes: int | None = None) -> Dataset:
     """Parse ``path`` as DICOM, refusing what cannot be an image object.
 
     Files without the 128-byte preamble / ``DICM`` are re-read with
     ``force=True`` and kept only if they hold (0008,0016) SOP Class UID,
     (0010,0020) Patient ID or (7FE0,0010) Pixel Data. Raises ``UnreadableDicom``
-    (empty, not DICOM, truncated) or ``UnsupportedImage`` (DICOMDIR).
+    (empty, not DICOM, truncated) or ``UnsupportedImage`` (DICOMDIR, a deflated
+    dataset inflating past ``max_inflated_bytes``, by default
+    ``inflate_limit(DEFAULT_MAX_PIXELS)``).
     """
     try:
         info = os.stat(path)
@@ -65,12 +88,14 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     if size == 0:
         raise UnreadableDicom("zero-length file")
 
+    limit = inflate_limit(DEFAULT_MAX_PIXELS) if max_inflated_bytes is None else max_inflated_bytes
+    defer = None if check_inflated_size(path, size, limit) else DEFER_BYTES
     forced = False
     try:
-        ds = _parse(path, force=False)
+        ds = _parse(path, force=False, defer=defer)
     except InvalidDicomError:
         forced = True
-        ds = _parse(path, force=True)
+        ds = _parse(path, force=True, defer=defer)
 
     if is_dicomdir(ds):
         raise UnsupportedImage(f"DICOMDIR (SOP Class {DICOMDIR_SOP_CLASS}) is a media index, not an image")
@@ -90,10 +115,46 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     return ds
 
 
-def _parse(path: str | os.PathLike[str], force: bool) -> Dataset:
+def check_inflated_size(path: str | os.PathLike[str], size: int, limit: int) -> bool:
+    """True if ``path``'s File Meta names Deflated Explicit VR Little Endian; raises
+    ``UnsupportedImage`` if its dataset inflates to more than ``limit`` bytes.
+
+    Inflates as a stream (1 MiB at a time, nothing kept). A file whose meta pydicom
+    cannot read, or a corrupt stream, is left to the full parse to report.
+    """
+    with open(path, "rb") as fp:
+        try:
+            read_preamble(fp, True)  # no 'DICM': back at byte 0, as dcmread(force=True)
+            meta = _read_file_meta_info(fp)
+            syntax = UID(str(meta.get("TransferSyntaxUID") or "").strip("\x00 "))
+        except Exception as exc:  # noqa: BLE001 - arbitrary bytes; the full parse names the problem
+            reraise_if_interrupt(exc)
+            return False
+        if syntax != DeflatedExplicitVRLittleEndian:
+            return False
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        while not inflater.eof:
+            chunk = inflater.unconsumed_tail or fp.read(_INFLATE_CHUNK)
+            if not chunk:
+                break  # a stream cut short: pydicom's inflate reports it
+            try:
+                inflated += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+            except zlib.error:
+                break  # corrupt: pydicom's inflate reports it
+            if inflated > limit:
+                raise UnsupportedImage(
+                    f"the deflated dataset ({size} bytes, Deflated Explicit VR Little Endian) inflates to more "
+                    f"than {limit} bytes, the limit for one frame of CXR_MAX_PIXELS values: not inflated "
+                    "(a decompression bomb)"
+                )
+    return True
+
+
+def _parse(path: str | os.PathLike[str], force: bool, defer: int | None) -> Dataset:
     try:
         # A str path: pydicom re-opens it by name to read a deferred value.
-        return pydicom.dcmread(os.fspath(path), force=force, defer_size=DEFER_BYTES)
+        return pydicom.dcmread(os.fspath(path), force=force, defer_size=defer)
     except InvalidDicomError:
         if force:
             raise UnreadableDicom("not DICOM: pydicom cannot parse it even with force=True")

@@ -10,8 +10,11 @@ Refusals are the domain exceptions of ``inference.errors``:
 * ``UnreadableDicom``: not a regular file, empty, not DICOM, or truncated (including an *Image
   Storage* object whose (7FE0,0010) Pixel Data is missing).
 * ``UnsupportedImage``: DICOMDIR, a non-image object without (7FE0,0010) Pixel
-  Data, float pixel data, absurd (0028,0010)/(0028,0011) dimensions, an
-  unsupported pixel layout.
+  Data, float pixel data, absurd (0028,0010)/(0028,0011) dimensions (over
+  ``ReadOptions.max_pixels``, ``CXR_MAX_PIXELS``), an unsupported pixel layout, a
+  decompression bomb (a codestream larger than the header says, a deflated dataset
+  inflating past the limit), a blank image (values not finite after the modality LUT,
+  or displayed pixels of (near) zero variance).
 * ``MissingPatientId``: blank (0010,0020) and no override.
 * ``UnsupportedModality``: (0008,0060) not in ``ReadOptions.accepted_modalities``.
 * ``DecodeError``: pixel data present but no plugin decodes it.
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from inference.decode import DecodeInfo, decode_first_frame
+from inference.decode import DecodeInfo, decode_first_frame, summarise_exception
 from inference.dicom_header import (
     ReadOptions,
     check_eligibility,
@@ -40,11 +43,13 @@ from inference.dicom_header import (
     record_provenance,
 )
 from inference.dicom_load import load_dataset
+from inference.errors import UnsupportedImage
 from inference.image import DicomImage
 from inference.pixels import (
     apply_modality_lut,
     apply_polarity,
     apply_voi,
+    check_not_blank,
     decide_inversion,
     scale_to_unit,
     to_grayscale,
@@ -79,6 +84,7 @@ def build_display_image(stored: np.ndarray, info: DecodeInfo, ds: Dataset) -> tu
         source = "palette colour" if grey["method"].startswith("palette") else "colour"
         notes.append(f"{source} image converted to grayscale (BT.601 luma)")
 
+    check_not_blank(img, values, voi)  # a blank picture must not be answered "Normal"
     reason = decide_inversion(file_photometric, ds)
     img, inverted = apply_polarity(img, file_photometric, ds)
     pixels = np.ascontiguousarray(img, dtype=np.float32)
@@ -102,10 +108,20 @@ def read_dicom_image(
 ) -> DicomImage:
     """Turn one file into a ``DicomImage`` or raise a reasoned ``CxrError``
     (``options``: the defaults of ``ReadOptions`` when not given)."""
-    ds = load_dataset(path)
+    options = options or ReadOptions()
+    ds = load_dataset(path, options.max_inflated_bytes)
     patient = read_patient_info(ds, patient_id_override)
-    check_eligibility(ds, options or ReadOptions())
-    stored, info = decode_first_frame(ds)
-    pixels, record = build_display_image(stored, info, ds)
+    check_eligibility(ds, options)
+    try:
+        stored, info = decode_first_frame(ds)
+        pixels, record = build_display_image(stored, info, ds)
+    except MemoryError as exc:
+        # A worker process runs under a memory bound (workers.memory): an image within
+        # CXR_MAX_PIXELS that still does not fit is this file's skip, not the process's end.
+        raise UnsupportedImage(
+            f"(0028,0010) Rows {ds.get('Rows')} x (0028,0011) Columns {ds.get('Columns')}: decoding and "
+            f"displaying the image needed more memory than this process may use ({summarise_exception(exc)}); "
+            "see CXR_WORKER_MEMORY_MB and CXR_MAX_PIXELS"
+        ) from None
     provenance = record_provenance(ds, stored, info, record)
     return DicomImage(path=str(path), pixels=pixels, patient=patient, provenance=provenance)

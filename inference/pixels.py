@@ -21,7 +21,14 @@ VOI policy (the model sees the image "as displayed"; train with the same policy)
    and SIGMOID (the limits the standard sets), a non-numeric value, or an
    unknown function is invalid: it is noted and step 3 is used.
 3. Otherwise the minimum and maximum of the modality values map linearly to 0
-   and 1; a constant image becomes all zeros.
+   and 1; a constant image becomes all zeros (and is then refused, below).
+
+Blank images are refused, never shown to the model (which answers "Normal" for an
+empty picture): a value that is not finite after the modality LUT (a Rescale Slope of
+1e308 overflows to infinity; slope 0 is refused too), and a displayed image whose
+pixels have (near) zero variance (``check_not_blank``: standard deviation below
+``BLANK_STD`` of the [0, 1] range; a constant image, or a window that maps every value
+to one grey) are ``UnsupportedImage`` naming the cause.
 
 Colour images (RGB after decoding, or PALETTE COLOR) skip the modality LUT and
 VOI: BT.601 luma divided by the full scale of the colour data
@@ -169,11 +176,19 @@ def apply_modality_lut(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict[s
     intercept = read_number(ds, "RescaleIntercept", "(0028,1052)", default=0.0)
     if slope == 0.0:
         raise UnsupportedImage("(0028,1053) Rescale Slope is 0; the image would be blank")
-    rescale = Dataset()
-    rescale.RescaleSlope = slope
-    rescale.RescaleIntercept = intercept
-    out = pydicom_apply_modality_lut(arr, rescale)
-    return np.asarray(out, dtype=np.float64), {
+    # pydicom's formula (stored x slope + intercept, in float64), computed in place: one
+    # float64 copy of the frame instead of two (800 MB each for a 10000 x 10000 frame).
+    out = np.asarray(arr).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as a refusal
+        out *= slope
+        out += intercept
+    infinite = out.size - int(np.count_nonzero(np.isfinite(out)))
+    if infinite:
+        raise UnsupportedImage(
+            f"(0028,1053) Rescale Slope {slope:g} and (0028,1052) Rescale Intercept {intercept:g} give "
+            f"{infinite} of {out.size} values that are not finite (overflow); the image would be blank"
+        )
+    return out, {
         "method": "rescale",
         "slope": slope,
         "intercept": intercept,
@@ -290,25 +305,34 @@ def read_window(ds: Dataset) -> tuple[float, float, str] | str:
 
 def window_to_unit(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
     """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT), C.11.2.1.3.1
-    (SIGMOID) windowing with output range [0, 1], as float32."""
+    (SIGMOID) windowing with output range [0, 1], as float32.
+
+    Computed in place in one float64 array besides ``values`` (a 10000 x 10000 frame
+    would otherwise hold four or five 800 MB temporaries at once); the values are the
+    formulas' own, the pieces below and above the window exactly 0 and 1."""
     x = np.asarray(values, dtype=np.float64)
     if function == "SIGMOID":
         # 1 / (1 + exp(-4 (x - c) / w)) written with tanh: same value, no overflow.
-        out = 0.5 * (1.0 + np.tanh(2.0 * (x - center) / width))
+        out = x - center
+        out *= 2.0
+        out /= width
+        np.tanh(out, out=out)
+        out += 1.0
+        out *= 0.5
         return out.astype(np.float32)
     if function == "LINEAR_EXACT":
         lower, upper, c, w = center - width / 2, center + width / 2, center, width
     else:  # LINEAR
         c, w = center - 0.5, width - 1.0
         lower, upper = c - w / 2, c + w / 2
-    out = np.empty_like(x)
-    below, above = x <= lower, x > upper
-    between = ~(below | above)
-    out[below] = 0.0
-    out[above] = 1.0
+    out = x - c
     if w > 0:  # LINEAR with width 1 has no "between" values: a pure threshold
-        out[between] = (x[between] - c) / w + 0.5
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+        out /= w
+        out += 0.5
+    np.clip(out, 0.0, 1.0, out=out)
+    out[x <= lower] = 0.0
+    out[x > upper] = 1.0
+    return out.astype(np.float32)
 
 
 def stretch_min_max(values: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -321,8 +345,63 @@ def stretch_min_max(values: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
             "min": lo,
             "max": hi,
         }
-    out = (x - lo) / (hi - lo)
+    with np.errstate(over="ignore", invalid="ignore"):  # a range too wide for float64: check_not_blank refuses it
+        out = x - lo
+        out /= hi - lo
     return out.astype(np.float32), {"method": "min_max", "min": lo, "max": hi}
+
+
+#: A displayed image (values in [0, 1]) whose pixels' standard deviation is below this is
+#: blank: about one grey step of a 10-bit display (1/1023). A chest radiograph's is ~0.2;
+#: one white pixel in 4096 black ones is still 0.016.
+BLANK_STD = 1e-3
+_STD_CHUNK = 1 << 20
+
+
+def displayed_std(img: np.ndarray) -> float:
+    """Standard deviation of ``img``'s values in float64, 1 Mi values at a time (no
+    full-size float64 copy of a large image); NaN if any value is not finite."""
+    flat = np.ravel(img)
+    if flat.size == 0:
+        return 0.0
+    mean = float(np.add.reduce(flat, dtype=np.float64)) / flat.size
+    if not math.isfinite(mean):
+        return math.nan
+    squares = 0.0
+    for start in range(0, flat.size, _STD_CHUNK):
+        deviation = flat[start : start + _STD_CHUNK].astype(np.float64) - mean
+        squares += float(np.dot(deviation, deviation))
+    return math.sqrt(squares / flat.size)
+
+
+def check_not_blank(img: np.ndarray, values: np.ndarray, voi: dict[str, Any]) -> None:
+    """Refuse a displayed image with (near) zero variance (``BLANK_STD``) or a value that
+    is not finite. ``values`` (the modality values, or the luma of a colour image) and
+    ``voi`` (``apply_voi``'s info) name what made it blank."""
+    std = displayed_std(img)
+    if not math.isfinite(std):
+        raise UnsupportedImage("the displayed image holds values that are not finite; it would be blank")
+    if std >= BLANK_STD:
+        return
+    method = voi.get("method")
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if lo == hi:
+        cause = f"every pixel value is {lo:g} (a constant image)"
+    elif method == "min_max":
+        cause = f"the values span {voi['min']:g}..{voi['max']:g}, too wide a range to display"
+    elif method == "window":
+        cause = (
+            f"(0028,1050) Window Center {voi['center']:g} / (0028,1051) Window Width {voi['width']:g} "
+            f"({voi['function']}) maps every value to (nearly) one grey"
+        )
+    elif method == "voi_lut_sequence":
+        cause = "(0028,3010) VOI LUT Sequence maps every value to (nearly) one grey"
+    else:
+        cause = "the colour image is (nearly) one colour"
+    raise UnsupportedImage(
+        f"the displayed image is blank (standard deviation {std:.2g} of its [0, 1] pixels, below {BLANK_STD:g}): "
+        f"{cause}"
+    )
 
 
 def decide_inversion(photometric: str, ds: Dataset) -> str | None:

@@ -21,7 +21,8 @@ Like a web view, each task unpacks its arguments, calls plain functions
 The worker's main process also runs the stalled-job watchdog (``workers.watchdog``).
 
 The model is loaded once per worker *process*, after the fork (``worker_process_init``),
-never in the parent: CUDA state does not survive a fork. The parent only checks the
+never in the parent: CUDA state does not survive a fork. Then the process bounds its own
+memory (``workers.memory``, ``CXR_WORKER_MEMORY_MB``), so one file cannot take the host down. The parent only checks the
 bundle's manifest and weights checksum at start-up (no TensorFlow), so a worker with a
 bad bundle refuses to start instead of failing every file.
 """
@@ -50,7 +51,7 @@ from inference.dicom_read import ReadOptions
 from inference.errors import CxrError, register_interrupt
 from inference.predict import Predictor, configure_tensorflow
 from reports.pdf_fonts import prepare_fonts
-from workers import gpu
+from workers import gpu, memory
 from workers.app import worker_app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
@@ -111,6 +112,8 @@ def _prepare_worker(sender: Any = None, **_: Any) -> None:
     bundle = read_bundle()  # raises BundleError: the worker refuses to start
     log.info("model bundle %s verified", bundle.identity())
     log.info("worker settings: %s", settings())  # read now, before the fork, and inherited
+    log.info("read options: max %d values per frame (CXR_MAX_PIXELS)", read_options().max_pixels)  # bad: no start
+    _state["memory_mb"] = memory.headroom_mb()  # a bad CXR_WORKER_MEMORY_MB refuses to start too
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     if not os.environ.get("CXR_TF_THREADS", "").strip():
         # N children each sizing TensorFlow to every core would oversubscribe the CPU.
@@ -132,6 +135,11 @@ def _load_model(**_: Any) -> None:
     gpu.pin_gpu_for_this_process()  # this child's GPU, before TensorFlow initialises CUDA
     predictor()
     gpu.log_device()
+    # Bound this child's memory once the model is in (workers.memory): one file cannot take the host down.
+    headroom = _state.get("memory_mb", memory.DEFAULT_WORKER_MEMORY_MB)
+    limit = memory.limit_process_memory(headroom)
+    if limit is not None:
+        log.info("process %d: RLIMIT_DATA %d MiB (%d MiB above the loaded model)", os.getpid(), limit >> 20, headroom)
 
 
 @signals.worker_ready.connect

@@ -30,6 +30,7 @@ from inference.errors import (
     UnsupportedModality,
 )
 from inference.image import DicomImage
+from tests.support.fuzz_corpus import blank_datasets, dataset_bytes
 
 Testdata = Callable[[str], str]
 MakeDataset = Callable[..., Any]
@@ -90,6 +91,26 @@ def test_options_from_env_default_when_unset_or_blank(env: dict[str, str]) -> No
 def test_options_from_env_refuse_a_list_of_nothing() -> None:
     with pytest.raises(ValueError, match="CXR_ACCEPTED_MODALITIES"):
         ReadOptions.from_env({"CXR_ACCEPTED_MODALITIES": ",,"})
+
+
+def test_max_pixels_comes_from_the_environment_and_bounds_header_and_inflation(
+    make_dataset: MakeDataset, write_dicom: WriteDicom
+) -> None:
+    options = ReadOptions.from_env({"CXR_MAX_PIXELS": " 1_000 ", "CXR_ACCEPTED_MODALITIES": "CR"})
+    assert (options.max_pixels, options.accepted_modalities) == (1000, frozenset({"CR"}))
+    assert options.max_inflated_bytes == 4 * 1000 + (16 << 20)
+    path = write_dicom(make_dataset())  # 32 x 32 = 1024 values
+    with pytest.raises(
+        UnsupportedImage, match=r"Rows 32 x \(0028,0011\) Columns 32 x 1 samples exceeds the limit of 1000"
+    ):
+        read_dicom_image(path, options)
+    assert read_dicom_image(path, ReadOptions.from_env({"CXR_MAX_PIXELS": "1024"})).pixels.shape == (32, 32)
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-5", "1.5e8"])
+def test_a_bad_max_pixels_names_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=rf"CXR_MAX_PIXELS must be a whole number above 0, got '{re.escape(raw)}'"):
+        ReadOptions.from_env({"CXR_MAX_PIXELS": raw})
 
 
 # ------------------------------------------------------------ a good CR file
@@ -186,12 +207,13 @@ def test_monochrome1_file_is_inverted_and_says_why(make_dataset: MakeDataset, wr
 
 def test_colour_scanned_film_without_modality(make_dataset: MakeDataset, write_dicom: WriteDicom) -> None:
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
-    rgb[..., 1] = 255
+    rgb[:2, :, 1] = 255  # green above black: one colour only would be a blank image
     ds = make_dataset(rgb, photometric="RGB", Modality=None)
 
     image = read_dicom_image(write_dicom(ds))
 
-    np.testing.assert_allclose(image.pixels, 0.587, atol=1e-6)
+    np.testing.assert_allclose(image.pixels[:2], 0.587, atol=1e-6)
+    np.testing.assert_allclose(image.pixels[2:], 0.0, atol=1e-6)
     assert image.patient.modality == ""
     assert image.provenance["voi"] == {"method": "none"}
     assert "colour image converted to grayscale (BT.601 luma)" in image.provenance["notes"]
@@ -575,3 +597,41 @@ def test_real_truncated_file(testdata: Testdata) -> None:
     # pydicom's MR_truncated.dcm: Pixel Data cut short
     with pytest.raises(UnreadableDicom, match=r"truncated: \(7FE0,0010\) PixelData declares 8192 bytes"):
         load_dataset(testdata("MR_truncated.dcm"))
+
+
+# --------------------------------------------------------------- blank images
+
+
+BLANK_CAUSES = {
+    "rescale-slope-1e308": r"\(0028,1053\) Rescale Slope 1e\+308 and \(0028,1052\) Rescale Intercept 0 give \d+ of "
+    r"4096 values that are not finite \(overflow\); the image would be blank",
+    "constant-pixels": r"the displayed image is blank \(standard deviation 0 .*every pixel value is 1000 "
+    r"\(a constant image\)",
+    "window-above-every-value": r"the displayed image is blank .*\(0028,1050\) Window Center 1e\+06 / \(0028,1051\) "
+    r"Window Width 100 \(LINEAR\) maps every value to \(nearly\) one grey",
+}
+
+
+def write_file(ds: pydicom.Dataset, path: Path) -> Path:
+    path.write_bytes(dataset_bytes(ds))
+    return path
+
+
+@pytest.mark.parametrize("label", sorted(BLANK_CAUSES))
+def test_a_blank_image_is_refused_naming_the_cause(label: str, tmp_path: Path) -> None:
+    """Each was processed and answered "Normal" before; the same file without what blanks
+    it is processed (so the refusal is the blankness, nothing else)."""
+    ds, _ = blank_datasets()[label]
+    with pytest.raises(UnsupportedImage, match=BLANK_CAUSES[label]):
+        read_dicom_image(write_file(ds, tmp_path / "blank.dcm"))
+
+    if label == "rescale-slope-1e308":
+        ds.RescaleSlope = "1"
+    elif label == "window-above-every-value":
+        del ds.WindowCenter, ds.WindowWidth
+    else:
+        values = np.frombuffer(ds.PixelData, np.uint16).copy()
+        values[::2] = 0  # two values: a picture again
+        ds.PixelData = values.tobytes()
+    image = read_dicom_image(write_file(ds, tmp_path / "fixed.dcm"))
+    assert float(image.pixels.std()) > 0.1

@@ -77,7 +77,7 @@ def test_corpus_covers_every_kind_of_hostile_input(corpus: tuple[Path, list[Corp
     _, entries = corpus
     assert 30 <= len(entries) <= 80
     kinds = {e.name.split("/")[0] for e in entries}
-    assert kinds == {"bytes", "truncated", "header", "huge", "nested", "charset", "ids", "valid"}
+    assert kinds == {"bytes", "truncated", "header", "huge", "bomb", "blank", "nested", "charset", "ids", "valid"}
     assert {e.patient_id for e in entries if e.name.startswith("ids/")} == set(HOSTILE_PATIENT_IDS.values())
     assert {e.expect for e in entries} - {PROCESSED} <= set(SKIP_REASONS)
 

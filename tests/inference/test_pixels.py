@@ -10,12 +10,15 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_windowing
 from pydicom.sequence import Sequence
 
+from inference import pixels as pixels_module
 from inference.errors import UnsupportedImage
 from inference.pixels import (
     apply_modality_lut,
     apply_polarity,
     apply_voi,
+    check_not_blank,
     decide_inversion,
+    displayed_std,
     pixel_sha256,
     stretch_min_max,
     to_grayscale,
@@ -360,3 +363,44 @@ def test_pixel_sha256_ignores_byte_order_and_layout() -> None:
 
     assert pixel_sha256(values) == pixel_sha256(big_endian) == pixel_sha256(fortran)
     assert pixel_sha256(values) != pixel_sha256(values + 1)
+
+
+# ---------------------------------------------------------------- blank images
+
+
+def test_a_rescale_that_overflows_is_refused_naming_both_tags() -> None:
+    stored = np.array([[0, 1], [2, 4095]], dtype=np.uint16)
+    with pytest.raises(UnsupportedImage, match=r"Rescale Slope 1e\+308 .* give 2 of 4 values that are not finite"):
+        apply_modality_lut(stored, header(RescaleSlope="1e308", RescaleIntercept="0"))
+    values, _ = apply_modality_lut(stored, header(RescaleSlope="1e300", RescaleIntercept="0"))
+    assert np.isfinite(values).all()  # huge but finite: left to the blank check
+
+
+def test_displayed_std_is_numpys_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    img = np.random.default_rng(4).random((37, 53), dtype=np.float32)
+    monkeypatch.setattr(pixels_module, "_STD_CHUNK", 100)  # 20 chunks, the last one short
+    assert displayed_std(img) == pytest.approx(float(np.std(img.astype(np.float64))), rel=1e-12)
+    img[3, 4] = np.nan
+    assert np.isnan(displayed_std(img))
+
+
+def test_near_zero_variance_is_blank_and_one_bright_pixel_is_not() -> None:
+    voi = {"method": "window", "center": 40.0, "width": 400.0, "function": "LINEAR"}
+    flat = np.full((64, 64), 0.5, dtype=np.float32)
+    with pytest.raises(UnsupportedImage, match=r"blank \(standard deviation 0 .*every pixel value is 7"):
+        check_not_blank(flat, np.full((64, 64), 7.0), voi)
+    faint = flat + np.random.default_rng(1).normal(0, 2e-4, flat.shape).astype(np.float32)
+    with pytest.raises(UnsupportedImage, match=r"Window Center 40 / \(0028,1051\) Window Width 400 \(LINEAR\)"):
+        check_not_blank(faint, np.arange(4096.0).reshape(64, 64), voi)
+    one_pixel = np.zeros((64, 64), dtype=np.float32)
+    one_pixel[10, 10] = 1.0
+    check_not_blank(one_pixel, one_pixel, voi)  # std 0.016: a (poor) picture, not a blank one
+    with pytest.raises(UnsupportedImage, match="not finite"):
+        check_not_blank(np.full((4, 4), np.inf, dtype=np.float32), one_pixel, voi)
+
+
+def test_a_huge_range_stretched_to_nothing_is_blank() -> None:
+    values = np.array([[-1e308, 0.0], [0.0, 1e308]])
+    img, info = stretch_min_max(values)  # hi - lo overflows: every pixel 0 or NaN
+    with pytest.raises(UnsupportedImage, match=r"(too wide a range to display|not finite)"):
+        check_not_blank(img, values, info)

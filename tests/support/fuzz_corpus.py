@@ -17,14 +17,26 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate, generate_fragments, parse_basic_offsets
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
 
 from demo.phantom_dicom import PhantomFileSpec, phantom_dataset
 from demo.phantoms import make_phantom
@@ -333,6 +345,144 @@ def _huge(folder: Path) -> list[CorpusEntry]:
     return entries
 
 
+# ------------------------------------------------------------- decompression bombs
+
+
+def _first_fragment(ds: Dataset) -> bytes:
+    buffer = io.BytesIO(ds.PixelData)
+    parse_basic_offsets(buffer)
+    return next(generate_fragments(buffer))
+
+
+def j2k_bomb_dataset(rows: int = 12000, columns: int = 12000, index: int = 41) -> Dataset:
+    """A 64 x 64 JPEG 2000 phantom whose codestream's SIZ marker says ``rows`` x ``columns``
+    (Xsiz, Ysiz patched; the tiles grown only as far as the 65535 tiles a codestream may
+    have). The DICOM header still says 64 x 64: a 5 KB file that made the JPEG 2000
+    decoder allocate 1.2 GB (12000 x 12000) before failing."""
+    ds = valid_dataset(index, compressed=True)
+    codestream = bytearray(_first_fragment(ds))
+    assert codestream[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ
+    struct.pack_into(">II", codestream, 8, columns, rows)  # Xsiz, Ysiz (XOsiz = YOsiz = 0)
+    tile = struct.unpack_from(">I", codestream, 24)[0]
+    while -(-rows // tile) * -(-columns // tile) > 65535:
+        tile *= 2
+    struct.pack_into(">II", codestream, 24, tile, tile)  # XTsiz, YTsiz
+    ds.PixelData = encapsulate([bytes(codestream)])
+    return ds
+
+
+def jpeg_bomb_dataset(rows: int = 12000, columns: int = 12000, index: int = 42) -> Dataset:
+    """A 64 x 64 8-bit JPEG Baseline phantom (OpenCV's encoder) whose SOF0 says ``rows`` x ``columns``."""
+    ds = valid_dataset(index)
+    pixels = ds.pixel_array
+    ok, encoded = cv2.imencode(".jpg", (pixels >> max(int(ds.BitsStored) - 8, 0)).astype(np.uint8))
+    assert ok
+    stream = bytearray(encoded.tobytes())
+    sof = stream.find(b"\xff\xc0")
+    assert sof > 0
+    struct.pack_into(">HH", stream, sof + 5, rows, columns)  # after marker, Lf, P
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([bytes(stream)])
+    return ds
+
+
+def rle_bomb_dataset(segment_bytes: int = 4_000_000, index: int = 43) -> Dataset:
+    """A 64 x 64 8-bit RLE frame whose one segment is ``segment_bytes`` of 2-byte replicate
+    runs (each decodes to 128 bytes: 64-fold). pydicom's RLE decoder decodes the segment
+    whole before checking its length (4 MB of segment: 300 MB)."""
+    ds = valid_dataset(index)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    header = struct.pack("<16I", 1, 64, *([0] * 14))
+    ds.PixelData = encapsulate([header + b"\x81\x00" * (segment_bytes // 2)])
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return ds
+
+
+def deflated_bomb_bytes(inflated_bytes: int = 2_000_000_000, index: int = 44) -> bytes:
+    """A Deflated Explicit VR Little Endian file: a 64 x 64 phantom's header, then (7FE0,0010)
+    declaring ``inflated_bytes`` of zeros (2 GB by default: about 2 MB on disk).
+
+    Built without ever holding the zeros: after a full flush, deflate's state is reset,
+    so every further MiB of zeros compresses to the same bytes, repeated."""
+    ds = valid_dataset(index)
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = DicomBytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    megabyte = 1 << 20
+    blocks, rest = divmod(inflated_bytes, megabyte)
+    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = deflater.compress(body.getvalue() + pixel_header) + deflater.flush(zlib.Z_FULL_FLUSH)
+    block = deflater.compress(bytes(megabyte)) + deflater.flush(zlib.Z_FULL_FLUSH)
+    again = deflater.compress(bytes(megabyte)) + deflater.flush(zlib.Z_FULL_FLUSH)
+    assert again == block  # the state really was reset: the block may be repeated
+    tail = deflater.compress(bytes(rest)) + deflater.flush()
+    return meta.getvalue() + head + block * (blocks - 1) + tail
+
+
+def _bombs(folder: Path) -> list[CorpusEntry]:
+    entries = []
+    cases: list[tuple[str, Callable[[], bytes], str]] = [
+        ("j2k-siz-12000x12000", lambda: dataset_bytes(j2k_bomb_dataset()), "J2K SIZ 12000 x 12000, header 64 x 64"),
+        ("j2k-siz-30000x30000", lambda: dataset_bytes(j2k_bomb_dataset(30000, 30000)), "J2K SIZ 30000 x 30000"),
+        ("jpeg-sof-12000x12000", lambda: dataset_bytes(jpeg_bomb_dataset()), "JPEG SOF0 12000 x 12000"),
+        ("rle-segment-64x", lambda: dataset_bytes(rle_bomb_dataset()), "4 MB RLE segment for a 4 KB frame"),
+        ("deflated-512MiB-of-zeros", lambda: deflated_bomb_bytes(512 << 20), "deflated 512 MiB of zeros"),
+    ]
+    for label, make, note in cases:
+        name = f"bomb/{label}.dcm"
+        _write(folder, name, make())
+        entries.append(CorpusEntry(name, "unsupported_image", note))
+    return entries
+
+
+# ------------------------------------------------------------------- blank images
+
+
+def blank_datasets() -> dict[str, tuple[Dataset, str]]:
+    """Valid files whose displayed image is blank: label -> (dataset, what makes it blank).
+    Each one was answered "Normal" (the model saw an empty image)."""
+
+    def twelve_bit(index: int, pixels: np.ndarray | None = None) -> Dataset:
+        ds = valid_dataset(index)
+        values = ds.pixel_array.astype(np.uint16) if pixels is None else pixels
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = values.tobytes()
+        return ds
+
+    overflow = twelve_bit(45)
+    overflow.RescaleSlope, overflow.RescaleIntercept = "1e308", "0"
+    constant = twelve_bit(46, np.full((SIZE, SIZE), 1000, dtype=np.uint16))
+    window = twelve_bit(47)
+    window.WindowCenter, window.WindowWidth = "1000000", "100"  # far above every value
+    window.VOILUTFunction = "LINEAR"
+    return {
+        "rescale-slope-1e308": (overflow, "(0028,1053) Rescale Slope 1e308: the values overflow to infinity"),
+        "constant-pixels": (constant, "every stored value 1000"),
+        "window-above-every-value": (window, "(0028,1050) Window Center 1e6 / Width 100: every pixel one grey"),
+    }
+
+
+def _blank(folder: Path) -> list[CorpusEntry]:
+    entries = []
+    for label, (ds, note) in blank_datasets().items():
+        name = f"blank/{label}.dcm"
+        _write(folder, name, dataset_bytes(ds))
+        entries.append(CorpusEntry(name, "unsupported_image", note))
+    return entries
+
+
 # -------------------------------------------------------------- nesting, charsets, ids
 
 
@@ -425,7 +575,8 @@ def _non_image(folder: Path) -> list[CorpusEntry]:
 def build_corpus(folder: Path) -> list[CorpusEntry]:
     """Write the whole corpus under ``folder``; return its entries sorted by name."""
     entries: list[CorpusEntry] = []
-    for part in (_broken_bytes, _truncated, _wrong_headers, _huge, _nested, _charsets, _hostile_ids, _non_image):
+    parts = (_broken_bytes, _truncated, _wrong_headers, _huge, _bombs, _blank, _nested, _charsets, _hostile_ids)
+    for part in (*parts, _non_image):
         entries.extend(part(folder))
     ds = valid_dataset(30)
     _write(folder, "valid/plain.dcm", dataset_bytes(ds))
