@@ -145,7 +145,7 @@ def chunked_end(buf: bytes | bytearray, start: int) -> int | None:
         pos += size + 2
 
 
-class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
+class BufferingThreadWorker(ThreadWorker):
     """``gthread``, with requests read by the event loop first (see the module)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -27,7 +27,7 @@ DEFAULT_QUEUE = celeryconfig.DEFAULT_QUEUE
 QUEUES = celeryconfig.QUEUE_ORDER
 
 
-class QueueOrder(priority_cycle):  # type: ignore[misc]
+class QueueOrder(priority_cycle):
     """kombu's ``queue_order_strategy`` for the Redis transport (``celeryconfig``).
 
     Each BRPOP lists the consumed queues in this order, and Redis pops from the first
