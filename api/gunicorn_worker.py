@@ -56,6 +56,9 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: Bytes buffered at once by one worker process, over all its connections.
 BUFFER_BUDGET_BYTES = 64 << 20
 SEND_TIMEOUT_S = 30.0
+#: After the event loop's own answer (408, 413, 503): how long the connection stays open,
+#: its input drained, so that closing it does not reset it before the answer is read.
+LINGER_S = 2.0
 RECV_BYTES = 64 << 10
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
@@ -156,6 +159,7 @@ class BufferingThreadWorker(ThreadWorker):
         self.head_limit = cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
         self.buffering = not cfg.is_ssl and getattr(cfg, "http2_cleartext", "off") not in ("prior-knowledge", "both")
         self.reading: OrderedDict[Any, float] = OrderedDict()  # connection -> deadline, oldest first
+        self.lingering: OrderedDict[Any, float] = OrderedDict()  # answered, closing: connection -> deadline
         self.buffered_bytes = 0
 
     # -- the one way into a thread --------------------------------------------------------
@@ -198,9 +202,11 @@ class BufferingThreadWorker(ThreadWorker):
         except OSError:
             self._drop(conn)
             return
-        if not data:  # the client closed before a whole request came
+        if not data:  # the client closed before a whole request came (or after our answer)
             self._drop(conn)
             return
+        if conn in self.lingering:
+            return  # what the client still sends after our answer is dropped
         if self.buffered_bytes + len(data) > BUFFER_BUDGET_BYTES:
             self._answer(conn, 503, "Service Unavailable", "Too many requests are being received; try again later")
             return
@@ -269,12 +275,21 @@ class BufferingThreadWorker(ThreadWorker):
         return True
 
     def _answer(self, conn: Any, status: int, reason: str, message: str) -> None:
-        """Best effort: a short final answer, then close (no thread involved)."""
+        """A short final answer from the event loop (no thread involved), then a half-close;
+        the input is drained for up to ``LINGER_S`` before the close (RFC 9112, 9.6)."""
         try:
             conn.sock.send(envelope_response(status, reason, message))
+            conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass  # the client is gone or not reading: closing is all that is left
-        self._drop(conn)
+            self._drop(conn)  # the client is gone or not reading: closing is all that is left
+            return
+        self.reading.pop(conn, None)
+        self.buffered_bytes -= len(conn.cxr_buf)
+        conn.cxr_buf = bytearray()
+        self.lingering[conn] = time.monotonic() + LINGER_S
+        if not conn.cxr_registered:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+            conn.cxr_registered = True
 
     def _drop(self, conn: Any) -> None:
         self._leave_loop(conn)
@@ -285,6 +300,7 @@ class BufferingThreadWorker(ThreadWorker):
 
     def _leave_loop(self, conn: Any) -> None:
         self.reading.pop(conn, None)
+        self.lingering.pop(conn, None)
         if conn.cxr_registered:
             conn.cxr_registered = False
             self.poller.unregister(conn.sock)
@@ -302,3 +318,8 @@ class BufferingThreadWorker(ThreadWorker):
                 self._answer(conn, 408, "Request Timeout", message)
             else:
                 self._drop(conn)
+        while self.lingering:
+            conn, deadline = next(iter(self.lingering.items()))
+            if deadline > now:
+                break
+            self._drop(conn)
