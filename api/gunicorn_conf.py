@@ -29,6 +29,10 @@ from __future__ import annotations
 
 import os
 
+from api.gunicorn_worker import header_timeout_s
+
+_header_timeout_s = header_timeout_s()  # a bad CXR_HEADER_TIMEOUT_S stops gunicorn here, with its reason
+
 bind = f"{os.environ.get('CXR_HOST', '127.0.0.1')}:{os.environ.get('CXR_PORT', '8500')}"
 worker_class = "api.gunicorn_worker.BufferingThreadWorker"
 workers = int(os.environ.get("CXR_API_WORKERS", "2"))
