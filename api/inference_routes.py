@@ -10,15 +10,14 @@ result, woken by the worker through ``workers.single``, for up to ``CXR_SINGLE_W
 (the message expires then, so a late worker will not run it) and answers 503 when no
 worker took it.
 
-Sending the chord costs about 1 ms per file (30,000 files: a minute), so with ``wait:
-false`` it is sent by a background thread of the API process (``SENDER_THREADS`` per
-process, jobs sent in the order they came) and the 202 comes as soon as the job record
-exists: the record reads ``queued`` until a worker records a file. If the send fails,
-the job is marked ``failed`` with the reason, as an inline send does (there the client
-gets the 503). With ``wait`` the request sends the chord itself (it waits anyway), so a
-broker failure is still its 503. A process killed mid-send (gunicorn's graceful timeout
-passed) leaves the unsent files without messages: the workers' watchdog fails the job
-with them ``lost``, as for any lost message.
+Sending the chord costs about 2 ms per file (30,000 files: a minute), so with ``wait:
+false`` it is sent by the process's ``api.bulk_sender.BackgroundSender`` and the 202
+comes as soon as the job record exists: the record reads ``queued`` until a worker
+records a file. If the send fails, the job is marked ``failed`` with the reason, as an
+inline send does (there the client gets the 503). With ``wait`` the request sends the
+chord itself (it waits anyway), so a broker failure is still its 503. A process killed
+mid-send (gunicorn's graceful timeout passed) leaves the unsent files without messages:
+the workers' watchdog fails the job with them ``lost``, as for any lost message.
 
 A waiting bulk request holds one of the process's gunicorn threads for up to
 ``CXR_BULK_WAIT_S``: at most ``CXR_MAX_BULK_WAITS`` wait at once per process, the next
@@ -33,7 +32,7 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from flask import Blueprint, current_app, url_for
 from flask_jwt_extended import jwt_required
 
 from api import BROKER_ERRORS
+from api.bulk_sender import BackgroundSender
 from api.envelope import ApiError, envelope
 from api.requests import (
     boolean_field,
@@ -68,15 +68,13 @@ BULK_WAITS_FULL = 'Too many bulk requests are waiting for their jobs; retry late
 SINGLE_RECHECK_S = 1.0  # stored result re-read this often while no marker comes
 #: Retry-After of the 503 answered when every bulk waiting slot is taken.
 BULK_RETRY_AFTER_S = 10
-#: Background threads per API process that send the chords of ``wait: false`` jobs.
-SENDER_THREADS = 2
 
 
 def init_bulk(app: Any) -> None:
     """Per API process: the waiting slots and the background senders (threads start on
     first use, so after gunicorn's fork)."""
     app.extensions["cxr_bulk_waits"] = threading.BoundedSemaphore(int(app.config["CXR_MAX_BULK_WAITS"]))
-    app.extensions["cxr_sender"] = ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix="cxr-send")
+    app.extensions["cxr_sender"] = BackgroundSender()
 
 
 @bp.post("/single_inference")
@@ -208,7 +206,7 @@ def _bulk(raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: s
     status_url = url_for("jobs.job_status", job_id=job_id)
     send = (store, celery, job_id, found.files, str(output), layout, len(found.refused))
     if not wait:
-        current_app.extensions["cxr_sender"].submit(_send_in_background, *send)
+        current_app.extensions["cxr_sender"].submit(job_id, store, partial(_send_in_background, *send))
         return envelope(202, BULK_ACCEPTED, {"job_id": job_id, "status_url": status_url})
     _send_job(*send)  # a broker error reaches the error handler: 503
     progress = _wait_for_job(

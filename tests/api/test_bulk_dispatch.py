@@ -59,7 +59,7 @@ def app(root: Path) -> Iterator[Any]:
     app = make_app(root)
     app.extensions["cxr_jobs"].client.flushdb()
     yield app
-    app.extensions["cxr_sender"].shutdown(wait=True)
+    app.extensions["cxr_sender"].shutdown()
     app.extensions["cxr_jobs"].client.flushdb()
 
 
@@ -116,7 +116,7 @@ def test_waiting_bulk_requests_are_capped_per_process(root: Path) -> None:
     """CXR_MAX_BULK_WAITS=2: two requests wait (no worker, so for CXR_BULK_WAIT_S), the
     third is refused at once with 503 and Retry-After and queues nothing; ``wait: false``
     is never refused; once a waiter is answered its slot is free again."""
-    app = make_app(root, CXR_MAX_BULK_WAITS=2, CXR_BULK_WAIT_S=4.0)
+    app = make_app(root, CXR_MAX_BULK_WAITS=2, CXR_BULK_WAIT_S=2.0)
     store = app.extensions["cxr_jobs"]
     store.client.flushdb()
     body = {"input_folder_path": str(root / "small"), "output_folder_path": str(root / "o")}
@@ -148,5 +148,33 @@ def test_waiting_bulk_requests_are_capped_per_process(root: Path) -> None:
         again = post(app, {**body})
         assert again.status_code == 202 and again.get_json()["Result"] == "Warning"
     finally:
-        app.extensions["cxr_sender"].shutdown(wait=True)
+        app.extensions["cxr_sender"].shutdown()
         store.client.flushdb()
+
+
+def test_jobs_waiting_for_their_send_are_kept_alive_for_the_watchdog(app: Any) -> None:
+    """With every sender thread busy (one here, held by job A), job B has no message and
+    no file recorded: the workers' watchdog would fail it after CXR_STALL_GRACE_S. The
+    heartbeat touches its record meanwhile; a finished job is never touched."""
+    from api.bulk_sender import BackgroundSender
+
+    store = app.extensions["cxr_jobs"]
+    for job_id in ("job-a", "job-b", "job-done"):
+        store.create(job_id, paths=["/x.dcm"], input_path="/in", output_path="/out", layout="patient")
+    store.fail("job-done", "finished before")
+    assert store.touch("job-done") is False and "updated_at" not in store.meta("job-done")
+    release, sent = threading.Event(), []
+    sender = BackgroundSender(threads=1, heartbeat_s=0.2)
+    try:
+        sender.submit("job-a", store, lambda: release.wait(10))
+        sender.submit("job-b", store, lambda: sent.append("job-b"))
+        time.sleep(0.5)
+        first = float(store.meta("job-b")["updated_at"])
+        time.sleep(0.5)
+        assert float(store.meta("job-b")["updated_at"]) > first  # touched again while it waits
+        assert sender.waiting() == ["job-b"] and sent == []
+        release.set()
+    finally:
+        release.set()
+        sender.shutdown()
+    assert sent == ["job-b"] and sender.waiting() == []
