@@ -121,30 +121,33 @@ class Framing:
             self.kind = self.HANDOFF  # over the limit, or no single valid length: answered without a body
 
 
-def chunked_end(buf: bytes | bytearray, start: int) -> int | None:
-    """Where a chunked body starting at ``start`` ends (after its trailers), None while
-    incomplete, -1 when malformed (gunicorn's parser then answers 400)."""
+def chunked_end(buf: bytes | bytearray, start: int) -> tuple[int | None, int]:
+    """Where a chunked body starting at ``start`` ends (after its trailers): ``(end,
+    _)``; ``(None, resume)`` while incomplete, where ``resume`` is the first chunk not yet
+    whole (scan again from there, so a body arriving byte by byte costs linear time);
+    ``(-1, _)`` when malformed (gunicorn's parser then answers 400)."""
     pos = start
     while True:
+        resume = pos
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
-            return None
+            return None, resume
         size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
         try:
             size = int(size_text, 16)
         except ValueError:
-            return -1
+            return -1, resume
         pos = eol + 2
         if size == 0:
             while True:  # trailers, then an empty line
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
-                    return None
+                    return None, resume
                 if eol == pos:
-                    return eol + 2
+                    return eol + 2, resume
                 pos = eol + 2
         if len(buf) < pos + size + 2:
-            return None
+            return None, resume
         pos += size + 2
 
 
@@ -174,6 +177,7 @@ class BufferingThreadWorker(ThreadWorker):
         conn.cxr_buf = bytearray(initial)
         conn.cxr_need = None  # total bytes of the request, once the head says
         conn.cxr_framing = None
+        conn.cxr_scanned = 0
         conn.cxr_registered = False
         self.buffered_bytes += len(initial)
         self.reading[conn] = time.monotonic() + self.header_timeout_s
@@ -219,7 +223,8 @@ class BufferingThreadWorker(ThreadWorker):
         early); True when it left the event loop."""
         buf = conn.cxr_buf
         if conn.cxr_framing is None:
-            match = _HEAD_END.search(buf)
+            match = _HEAD_END.search(buf, max(0, conn.cxr_scanned - 3))  # only what is new
+            conn.cxr_scanned = len(buf)
             if match is None:
                 if len(buf) > self.head_limit:
                     return self._dispatch(conn)  # gunicorn's parser refuses the head
@@ -236,14 +241,14 @@ class BufferingThreadWorker(ThreadWorker):
                 del buf[cut : cut + len(line)]
                 self.buffered_bytes -= len(line)
                 head_end -= len(line)
-            conn.cxr_framing, conn.cxr_head_end = framing, head_end
+            conn.cxr_framing, conn.cxr_head_end, conn.cxr_scanned = framing, head_end, head_end
             if framing.kind == Framing.NONE:
                 conn.cxr_need = head_end
             elif framing.kind == Framing.LENGTH:
                 conn.cxr_need = head_end + framing.length
         framing = conn.cxr_framing
         if framing.kind == Framing.CHUNKED:
-            end = chunked_end(buf, conn.cxr_head_end)
+            end, conn.cxr_scanned = chunked_end(buf, conn.cxr_scanned)
             if end is None:
                 if len(buf) > conn.cxr_head_end + 4 * self.body_limit + RECV_BYTES:
                     self._answer(conn, 413, "Content Too Large", "Request body too large")

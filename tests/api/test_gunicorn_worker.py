@@ -231,10 +231,13 @@ def test_framing_of_request_heads() -> None:
 
 def test_end_of_chunked_bodies() -> None:
     body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT"
-    assert chunked_end(body, 0) == len(body) - 4
-    for cut in range(len(body) - 4):
-        assert chunked_end(body[:cut], 0) is None
-    assert chunked_end(b"zz\r\n", 0) == -1
+    assert chunked_end(body, 0)[0] == len(body) - 4
+    resume = 0
+    for cut in range(len(body) - 4):  # byte by byte, resuming where the last scan stopped
+        end, resume = chunked_end(body[:cut], resume)
+        assert end is None and resume <= cut
+    assert chunked_end(body, resume)[0] == len(body) - 4
+    assert chunked_end(b"zz\r\n", 0)[0] == -1
 
 
 def test_header_timeout_setting() -> None:
