@@ -253,3 +253,24 @@ def test_the_worker_class_is_the_one_gunicorn_runs() -> None:
 
     assert conf.worker_class == "api.gunicorn_worker.BufferingThreadWorker"
     assert Path(ROOT / "api" / "gunicorn_worker.py").is_file()
+
+
+def test_unfinished_uploads_cannot_take_the_memory_instead(server: tuple[str, int]) -> None:
+    """80 clients each send 1,000,000 of the 1,048,576 body bytes they announce, and stop:
+    past 64 MiB buffered in the process, the next get 503 at once instead of a buffer."""
+    head = b"POST /bulk_inference HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n"
+    socks = []
+    try:
+        for _ in range(80):
+            sock = socket.create_connection(server)
+            sock.sendall(head + b" " * 1_000_000)
+            socks.append(sock)
+        assert ping(server) < 1.0
+        answers = [read_all(sock, timeout=TIMEOUT_S + 3) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+    assert len(refused) >= 80 - 67, [a[:40] for a in answers][:5]  # 64 MiB holds 67 of them at most
+    assert b"Too many requests are being received; try again later" in refused[0]
+    assert all(a.startswith((b"HTTP/1.1 503 ", b"HTTP/1.1 408 ")) for a in answers)
