@@ -21,9 +21,17 @@ worker starts). The reasoning, with sources, is in ``docs/reliability.md``; in s
   Redis; they come back after the visibility timeout, found by a periodic sweep;
 * results and the broker connection retry by themselves, and results expire.
 
-Queues: ``inference`` takes the per-file and single-image tasks (run where the model
-is: GPU hosts); the default queue ``celery`` takes the chord callbacks (cheap Redis and
-file-system work, any host). A worker started by ``make run`` consumes both.
+Queues: ``single`` takes the single-image tasks and ``inference`` the per-file tasks of
+bulk jobs (both run where the model is: GPU hosts); the default queue ``celery`` takes
+the chord callbacks (cheap Redis and file-system work, any host). A worker started by
+``make run``, ``cxr-worker`` (docker/worker.sh) or the compose files consumes all three.
+A worker serves its queues in a fixed order, not round-robin (kombu's
+``queue_order_strategy``, here ``workers.app.QueueOrder``): ``single`` first, then
+``celery``, then ``inference``, whatever the order of ``-Q``. So a single inference
+waits at most for the files already running, never behind a bulk job's queued files
+(7.8 s behind a 120-file job before, 0.08 s idle), and a job's summary is written as
+soon as its last file is, not after the files of the jobs queued behind it. Bulk files
+cannot starve: single inferences are synchronous requests, each waited for by a client.
 """
 
 from __future__ import annotations
@@ -38,8 +46,11 @@ def _env_float(name: str, default: float) -> float:
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
+SINGLE_QUEUE = "single"
 INFERENCE_QUEUE = "inference"
 DEFAULT_QUEUE = "celery"
+#: The order in which a worker serves its queues (``workers.app.QueueOrder``).
+QUEUE_ORDER = (SINGLE_QUEUE, DEFAULT_QUEUE, INFERENCE_QUEUE)
 
 #: Hard and soft per-file limits (seconds). A 2k x 2k file takes about 3 s on one CPU core.
 #: The soft limit is clamped to the hard one (Celery refuses soft > hard); 0 disables it.
@@ -91,6 +102,7 @@ broker_transport_options = {
     "socket_keepalive": True,
     "health_check_interval": 30,
     "retry_on_timeout": True,
+    "queue_order_strategy": "workers.app:QueueOrder",
 }
 result_backend_transport_options = {"visibility_timeout": visibility_timeout}
 broker_connection_retry_on_startup = True
@@ -110,7 +122,7 @@ accept_content = ["json"]
 task_default_queue = DEFAULT_QUEUE
 task_routes = {
     "cxr.infer_file": {"queue": INFERENCE_QUEUE},
-    "cxr.infer_single": {"queue": INFERENCE_QUEUE},
+    "cxr.infer_single": {"queue": SINGLE_QUEUE},
     "cxr.finalize_job": {"queue": DEFAULT_QUEUE},
 }
 task_acks_late = True

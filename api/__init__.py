@@ -50,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(job_routes.bp)
     app.register_blueprint(inference_routes.bp)
+    inference_routes.init_bulk(app)
     init_rate_limit(app)  # after the blueprints: it exempts /ping by its view function
     _register_error_handlers(app)
     return app

@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     # append to X-Forwarded-For (0: the TCP peer is the client).
     "CXR_AUTH_FAIL_LIMIT": "20 per minute",
     "CXR_TRUSTED_PROXIES": 0,
+    # Bulk requests with ``wait`` each hold a gunicorn thread for up to CXR_BULK_WAIT_S;
+    # at most this many per API process wait at once, the next get 503 with Retry-After
+    # (keep it under CXR_API_THREADS, so /ping and the other routes always find a thread).
+    "CXR_MAX_BULK_WAITS": 4,
 }
 
 _NUMERIC = {
@@ -42,6 +46,7 @@ _NUMERIC = {
     "CXR_POLL_INTERVAL_S": float,
     "CXR_MAX_BODY_BYTES": int,
     "CXR_TRUSTED_PROXIES": int,
+    "CXR_MAX_BULK_WAITS": int,
 }
 
 
@@ -78,6 +83,8 @@ def check_client_limits(config: Mapping[str, Any]) -> None:
         ) from None
     if int(config["CXR_TRUSTED_PROXIES"]) < 0:
         raise ConfigError("CXR_TRUSTED_PROXIES must be 0 or more")
+    if int(config["CXR_MAX_BULK_WAITS"]) < 1:
+        raise ConfigError("CXR_MAX_BULK_WAITS must be 1 or more (clients that cannot wait send wait: false)")
 
 
 def read_secret(config: Mapping[str, Any]) -> str:

@@ -7,7 +7,12 @@ value comes from the environment (see the README's configuration table):
 * ``CXR_HOST`` / ``CXR_PORT``: listen address (127.0.0.1:8500; containers use 0.0.0.0).
 * ``CXR_API_WORKERS`` (2) processes x ``CXR_API_THREADS`` (8) threads, ``gthread``: a
   request mostly waits on Redis (the bulk ``wait`` polls for minutes), so threads, not
-  processes, carry the concurrency, and the API's memory stays flat.
+  processes, carry the concurrency, and the API's memory stays flat. The worker class
+  is ``api.gunicorn_worker.BufferingThreadWorker``: ``gthread`` whose event loop reads
+  each whole request before a thread gets it, within ``CXR_HEADER_TIMEOUT_S`` (10 s; 408
+  after), so slow clients cannot hold the threads (issue 15, item 6). Waiting bulk
+  requests are capped per process by the app (``CXR_MAX_BULK_WAITS``). Behind a
+  reverse proxy is still the recommended deployment (docs/deployment.md).
 * ``timeout`` must exceed the longest synchronous request, the bulk wait
   (``CXR_BULK_WAIT_S``, 600 s) plus a margin, or gunicorn kills a healthy thread.
 * No control socket: gunicorn >= 25.1 otherwise creates ``~/.gunicorn/gunicorn.ctl``,
@@ -24,8 +29,12 @@ from __future__ import annotations
 
 import os
 
+from api.gunicorn_worker import header_timeout_s
+
+_header_timeout_s = header_timeout_s()  # a bad CXR_HEADER_TIMEOUT_S stops gunicorn here, with its reason
+
 bind = f"{os.environ.get('CXR_HOST', '127.0.0.1')}:{os.environ.get('CXR_PORT', '8500')}"
-worker_class = "gthread"
+worker_class = "api.gunicorn_worker.BufferingThreadWorker"
 workers = int(os.environ.get("CXR_API_WORKERS", "2"))
 threads = int(os.environ.get("CXR_API_THREADS", "8"))
 timeout = int(float(os.environ.get("CXR_BULK_WAIT_S", "600"))) + 60

@@ -4,23 +4,43 @@ Both validate the request here (fast, names only) and hand the work to workers: 
 API process never imports TensorFlow. Bulk: the folder is listed, a job record is
 created in Redis and a chord is sent (one task per file); with ``wait`` (default) the
 request polls the job record until the job finishes or ``CXR_BULK_WAIT_S`` passes,
-then answers 202 ``Warning`` with the job id. Single: one task on the ``inference``
-queue; the request waits for the task's stored result, woken by the worker through
-``workers.single``, for up to ``CXR_SINGLE_WAIT_S`` (the message expires then, so a
-late worker will not run it) and answers 503 when no worker took it.
+then answers 202 ``Warning`` with the job id. Single: one task on the ``single``
+queue (which workers serve before bulk files); the request waits for the task's stored
+result, woken by the worker through ``workers.single``, for up to ``CXR_SINGLE_WAIT_S``
+(the message expires then, so a late worker will not run it) and answers 503 when no
+worker took it.
+
+Sending the chord costs about 2 ms per file (30,000 files: a minute), so with ``wait:
+false`` it is sent by the process's ``api.bulk_sender.BackgroundSender`` and the 202
+comes as soon as the job record exists: the record reads ``queued`` until a worker
+records a file. If the send fails, the job is marked ``failed`` with the reason, as an
+inline send does (there the client gets the 503). With ``wait`` the request sends the
+chord itself (it waits anyway), so a broker failure is still its 503. A process killed
+mid-send (gunicorn's graceful timeout passed) leaves the unsent files without messages:
+the workers' watchdog fails the job with them ``lost``, as for any lost message.
+
+A waiting bulk request holds one of the process's gunicorn threads for up to
+``CXR_BULK_WAIT_S``: at most ``CXR_MAX_BULK_WAITS`` wait at once per process, the next
+answer 503 with ``Retry-After`` before anything is listed or queued, so waiting
+clients can never take every thread (``/ping``, status reads and ``wait: false``
+requests always find one).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, url_for
 from flask_jwt_extended import jwt_required
 
 from api import BROKER_ERRORS
+from api.bulk_sender import BackgroundSender
 from api.envelope import ApiError, envelope
 from api.requests import (
     boolean_field,
@@ -44,7 +64,17 @@ SINGLE_INTERNAL = "Single Inference failed due to an internal error"
 BULK_OK = "Bulk inference completed successfully."
 BULK_ACCEPTED = "Bulk inference accepted."
 BULK_STILL_RUNNING = "Bulk inference is still running; poll status_url for the summary."
+BULK_WAITS_FULL = 'Too many bulk requests are waiting for their jobs; retry later, or send "wait": false'
 SINGLE_RECHECK_S = 1.0  # stored result re-read this often while no marker comes
+#: Retry-After of the 503 answered when every bulk waiting slot is taken.
+BULK_RETRY_AFTER_S = 10
+
+
+def init_bulk(app: Any) -> None:
+    """Per API process: the waiting slots and the background senders (threads start on
+    first use, so after gunicorn's fork)."""
+    app.extensions["cxr_bulk_waits"] = threading.BoundedSemaphore(int(app.config["CXR_MAX_BULK_WAITS"]))
+    app.extensions["cxr_sender"] = BackgroundSender()
 
 
 @bp.post("/single_inference")
@@ -138,6 +168,24 @@ def bulk_inference() -> Any:
     roots = current_app.config["DATA_ROOTS"]
     folder = server_path("input_folder_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots)
+    if not wait:
+        return _bulk(raw_input, raw_output, folder, output, layout, wait=False)
+    slots = current_app.extensions["cxr_bulk_waits"]
+    if not slots.acquire(blocking=False):
+        log.warning(
+            "bulk request refused: %d requests of this process are waiting", current_app.config["CXR_MAX_BULK_WAITS"]
+        )
+        response, status = envelope(503, BULK_WAITS_FULL, {"retry_after_s": BULK_RETRY_AFTER_S}, result="Failure")
+        response.headers["Retry-After"] = str(BULK_RETRY_AFTER_S)
+        return response, status
+    try:
+        return _bulk(raw_input, raw_output, folder, output, layout, wait=True)
+    finally:
+        slots.release()
+
+
+def _bulk(raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: str, *, wait: bool) -> Any:
+    roots = current_app.config["DATA_ROOTS"]
     if not path_exists(folder):
         raise ApiError(400, f"Input folder path does not exist: {raw_input}")
     found = discover_inputs(folder, roots)
@@ -155,18 +203,12 @@ def bulk_inference() -> Any:
     for index, record in enumerate(found.refused, start=len(found.files)):
         store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
     celery = current_app.extensions["cxr_celery"]
-    try:
-        if found.files:
-            send_bulk_job(celery, job_id, found.files, str(output), layout)
-        else:
-            send_finalize(celery, job_id)
-    except BROKER_ERRORS:
-        _fail_unsent_job(store, job_id)
-        raise  # the broker error handler answers 503
-    log.info("job %s: %d files sent, %d refused by discovery", job_id, len(found.files), len(found.refused))
     status_url = url_for("jobs.job_status", job_id=job_id)
+    send = (store, celery, job_id, found.files, str(output), layout, len(found.refused))
     if not wait:
+        current_app.extensions["cxr_sender"].submit(job_id, store, partial(_send_in_background, *send))
         return envelope(202, BULK_ACCEPTED, {"job_id": job_id, "status_url": status_url})
+    _send_job(*send)  # a broker error reaches the error handler: 503
     progress = _wait_for_job(
         store, job_id, float(current_app.config["CXR_BULK_WAIT_S"]), float(current_app.config["CXR_POLL_INTERVAL_S"])
     )
@@ -180,6 +222,30 @@ def bulk_inference() -> Any:
     if progress.status != "completed":
         raise ApiError(500, "Bulk inference failed due to an internal error", progress.summary)
     return envelope(200, BULK_OK, progress.summary)
+
+
+def _send_job(store: Any, celery: Any, job_id: str, files: list[str], output: str, layout: str, refused: int) -> None:
+    try:
+        if files:
+            send_bulk_job(celery, job_id, files, output, layout)
+        else:
+            send_finalize(celery, job_id)
+    except BROKER_ERRORS:
+        _fail_unsent_job(store, job_id)
+        raise
+    log.info("job %s: %d files sent, %d refused by discovery", job_id, len(files), refused)
+
+
+def _send_in_background(*args: Any) -> None:
+    """``_send_job`` in a sender thread: no client to answer, so every failure ends the job."""
+    job_id = args[2]
+    try:
+        _send_job(*args)
+    except BROKER_ERRORS:
+        pass  # logged, and the job marked failed, by _send_job
+    except Exception:
+        log.exception("job %s: sending its tasks failed", job_id)
+        _fail_unsent_job(args[0], job_id)
 
 
 def _fail_unsent_job(store: Any, job_id: str) -> None:

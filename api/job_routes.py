@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify
 from flask_jwt_extended import jwt_required
 
 from api.envelope import ApiError, envelope
-from workers.app import DEFAULT_QUEUE, INFERENCE_QUEUE
+from workers.app import QUEUES
 
 bp = Blueprint("jobs", __name__)
 
@@ -40,7 +40,7 @@ def health() -> Any:
     """
     client = current_app.extensions["cxr_redis"]
     client.ping()  # a broker error becomes the 503 of the error handler
-    queues = {q: int(client.llen(q)) for q in (INFERENCE_QUEUE, DEFAULT_QUEUE)}
+    queues = {q: int(client.llen(q)) for q in QUEUES}
     replies = current_app.extensions["cxr_celery"].control.ping(timeout=HEALTH_PING_TIMEOUT_S) or []
     workers = sorted(name for reply in replies for name in reply)
     data = {"broker": "ok", "queues": queues, "workers": workers}

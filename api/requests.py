@@ -5,7 +5,10 @@ without NUL; it is resolved with ``os.path.realpath`` (symlinks included) and th
 result must lie under one of ``CXR_DATA_ROOTS``; the *resolved* path is what the
 engine then uses, so a symlink swapped in after the check cannot redirect it outside.
 Existence is checked only after the roots, so the API never tells a client whether a
-path outside its roots exists. A string that is not valid UTF-8 text (a lone surrogate
+path outside its roots exists. A path longer than ``MAX_PATH_BYTES`` (4096 bytes of
+UTF-8, Linux's ``PATH_MAX``) is refused before anything else looks at it: resolving a
+1 MB path of many components cost the API 30 s of CPU, and no file system could hold
+one anyway. A string that is not valid UTF-8 text (a lone surrogate
 sent as ``"\\udcff"``) is an invalid path: it could not travel through Redis.
 
 Fields the contract does not name are ignored (clients of the original API send
@@ -29,6 +32,8 @@ from reports.publish import LAYOUTS
 
 #: DICOM LO (the PatientID VR) holds at most 64 characters.
 MAX_PATIENT_ID_LENGTH = 64
+#: The longest path field accepted, in bytes of UTF-8 (Linux's PATH_MAX).
+MAX_PATH_BYTES = 4096
 
 
 def json_body() -> dict[str, Any]:
@@ -89,6 +94,8 @@ def layout_field(body: dict[str, Any]) -> str:
 
 def server_path(field: str, value: Any, roots: Sequence[Path]) -> Path:
     """The resolved path named by ``field``, checked against the data roots."""
+    if isinstance(value, str) and path_too_long(value):
+        raise ApiError(400, f"Invalid path {field}: longer than {MAX_PATH_BYTES} bytes")
     if (
         not isinstance(value, str)
         or not value.strip()
@@ -101,6 +108,12 @@ def server_path(field: str, value: Any, roots: Sequence[Path]) -> Path:
     if not within_roots(resolved, roots):
         raise ApiError(400, f"Path is outside the allowed data roots: {value}")
     return resolved
+
+
+def path_too_long(value: str) -> bool:
+    """More than ``MAX_PATH_BYTES`` bytes of UTF-8 (a string of more characters than
+    that is, without encoding it)."""
+    return len(value) > MAX_PATH_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
 
 
 def path_exists(path: Path) -> bool:

@@ -175,7 +175,7 @@ class Service:
                 "workers.app",
                 "worker",
                 "-Q",
-                "inference,celery",
+                "single,inference,celery",
                 "-c",
                 str(concurrency),
                 "-n",

@@ -358,7 +358,7 @@ def run(var: Path, demo_size: int) -> int:
                 "workers.app",
                 "worker",
                 "-Q",
-                "inference,celery",
+                "single,inference,celery",
                 "-c",
                 os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)),
                 "-n",

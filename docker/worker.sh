@@ -7,7 +7,7 @@
 set -eu
 concurrency=$(python -m workers.gpu concurrency)
 exec celery -A workers.app worker \
-    -Q "${CXR_WORKER_QUEUES:-inference,celery}" \
+    -Q "${CXR_WORKER_QUEUES:-single,inference,celery}" \
     -c "$concurrency" \
     -n "${CXR_WORKER_NAME:-cxr-worker}@%h" \
     --loglevel=INFO "$@"

@@ -99,6 +99,17 @@ return {'start', n, false}
 """
 
 
+# KEYS[1] job hash; ARGV: now. 1 if the job is unfinished and was touched, else 0.
+_TOUCH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'completed' or status == 'failed' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+return 1
+"""
+
+
 def job_ttl_s(environ: Mapping[str, str] | None = None) -> int:
     raw = (environ if environ is not None else os.environ).get("CXR_JOB_TTL_S", "").strip()
     return int(float(raw)) if raw else DEFAULT_JOB_TTL_S
@@ -151,6 +162,7 @@ class JobStore:
         self.ttl_s = ttl_s if ttl_s is not None else job_ttl_s()
         self._record_file = client.register_script(_RECORD_FILE)
         self._begin_file = client.register_script(_BEGIN_FILE)
+        self._touch = client.register_script(_TOUCH)
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int | None = None, *, retries: int = 3, **kwargs: Any) -> JobStore:
@@ -190,6 +202,13 @@ class JobStore:
         pipe.expire(key, self.ttl_s)
         pipe.sadd(ACTIVE_KEY, job_id)
         pipe.execute()
+
+    def touch(self, job_id: str) -> bool:
+        """Note that an unfinished job is alive without recording a file (``updated_at``):
+        the API does it while the job waits for its tasks to be sent, so the stalled-job
+        watchdog's clock (no file recorded for ``CXR_STALL_GRACE_S``) starts only once
+        they are out. False when the job is finished or gone (nothing is written)."""
+        return bool(self._touch(keys=[JOB_KEY.format(job_id=job_id)], args=[f"{time.time():.3f}"]))
 
     def job_paths(self, job_id: str) -> list[str]:
         return [str(p) for p in self.client.lrange(PATHS_KEY.format(job_id=job_id), 0, -1)]

@@ -10,16 +10,36 @@ Task modules are listed in ``include`` and imported by workers only.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from celery import Celery, signals
+from kombu.utils.scheduling import priority_cycle
 
 import celeryconfig
 from workers.backend import backend_url
 
+SINGLE_QUEUE = celeryconfig.SINGLE_QUEUE
 INFERENCE_QUEUE = celeryconfig.INFERENCE_QUEUE
 DEFAULT_QUEUE = celeryconfig.DEFAULT_QUEUE
+#: Every queue the project uses, in the order workers serve them.
+QUEUES = celeryconfig.QUEUE_ORDER
+
+
+class QueueOrder(priority_cycle):
+    """kombu's ``queue_order_strategy`` for the Redis transport (``celeryconfig``).
+
+    Each BRPOP lists the consumed queues in this order, and Redis pops from the first
+    non-empty one: ``single``, then ``celery``, then ``inference``, then any other queue
+    in ``-Q`` order. kombu's ``priority`` strategy would use the ``-Q`` order, which an
+    operator may write either way.
+    """
+
+    def update(self, it: Any) -> None:
+        order = {name: rank for rank, name in enumerate(QUEUES)}
+        self.items[:] = sorted(it, key=lambda queue: order.get(queue, len(order)))
+
 
 _lock = threading.Lock()
 _worker_app: list[Celery] = []
@@ -43,8 +63,22 @@ def worker_app() -> Celery:
             # What a worker's log never carries (task results hold patient names; engine/logs.py).
             signals.after_setup_logger.connect(setup_worker_logging, weak=False)
             signals.after_setup_task_logger.connect(setup_worker_logging, weak=False)
+            signals.celeryd_after_setup.connect(_check_queues, weak=False)
             _worker_app.append(create_celery_app())
         return _worker_app[0]
+
+
+def _check_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """A worker that takes bulk files but not single inferences (a ``-Q inference,celery``
+    from before the ``single`` queue existed) is legal, but someone must serve ``single``."""
+    consumed = set(instance.app.amqp.queues.consume_from) if instance is not None else set()
+    if INFERENCE_QUEUE in consumed and SINGLE_QUEUE not in consumed:
+        logging.getLogger(__name__).warning(
+            "this worker consumes %r but not %r: single inferences need a worker that does (-Q %s)",
+            INFERENCE_QUEUE,
+            SINGLE_QUEUE,
+            ",".join(QUEUES),
+        )
 
 
 def __getattr__(name: str) -> Any:

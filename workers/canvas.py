@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from celery import Celery, Signature, chord
 
-from workers.app import DEFAULT_QUEUE, INFERENCE_QUEUE
+from workers.app import DEFAULT_QUEUE, INFERENCE_QUEUE, SINGLE_QUEUE
 
 
 def header_task_id(job_id: str, index: int) -> str:
@@ -63,11 +63,12 @@ def send_finalize(app: Celery, job_id: str) -> None:
 def send_single(
     app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None, expires_s: float
 ) -> str:
-    """Queue one single-inference task; it is discarded if no worker takes it in time."""
+    """Queue one single-inference task on its own queue, which workers serve before bulk
+    files (``celeryconfig``); it is discarded if no worker takes it in time."""
     sig = app.signature(
         "cxr.infer_single",
         kwargs={"path": path, "output": output, "patient_id": patient_id, "request_id": request_id},
-        queue=INFERENCE_QUEUE,
+        queue=SINGLE_QUEUE,
         task_id=request_id,
     )
     sig.apply_async(expires=expires_s)

@@ -12,7 +12,7 @@ Like a web view, each task unpacks its arguments, calls plain functions
   again; a file of a finished or unknown job is not processed at all; and a file whose
   worker process died ``CXR_MAX_DELIVERIES`` times while processing it (the message
   comes back each time, ``task_reject_on_worker_lost``) is skipped as ``worker_lost``.
-* ``cxr.infer_single`` (queue ``inference``): ``POST /single_inference``.
+* ``cxr.infer_single`` (queue ``single``, served first): ``POST /single_inference``.
 * ``cxr.finalize_job`` (default queue): the chord callback; writes the job summary.
 * ``cxr.chord_failed``: the callback's error hook, called once every file's task has
   ended, when one of them ended without reporting (hard time limit); it finalises the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,34 @@ def test_api_process_never_imports_tensorflow(data_root: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field", "other"),
+    [
+        ("/single_inference", "input_image_path", {"save_to_disk": False}),
+        ("/single_inference", "output_folder_path", {"input_image_path": "IMG"}),
+        ("/bulk_inference", "input_folder_path", {"output_folder_path": "OUT"}),
+        ("/bulk_inference", "output_folder_path", {"input_folder_path": "IN"}),
+    ],
+)
+def test_path_fields_longer_than_4096_bytes_are_refused_before_resolving(
+    client: Any, auth: dict[str, str], files: dict[str, Path], endpoint: str, field: str, other: dict[str, Any]
+) -> None:
+    """Issue 15, item 6: a 1 MB path of 500,000 components cost the API 30 s of CPU in
+    ``realpath``. The limit is in bytes of UTF-8: 2,049 two-byte characters are over it."""
+    base = str(files["base"])
+    fill = {"IMG": str(files["image"]), "OUT": base + "/out", "IN": base + "/in"}
+    body = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in other.items()}
+    expected = f"Invalid path {field}: longer than 4096 bytes"
+    huge = base + "/a" * 499_000  # 1 MB of components
+    for value in (huge, base + "/" + "é" * 2049, base + "/" + "b" * (4096 - len(base))):
+        started = time.monotonic()
+        status, message = _post(client, auth, endpoint, {**body, field: value})
+        assert (status, message) == (400, expected), (len(value.encode()), message[:200])
+        assert time.monotonic() - started < 2.0
+    # 4096 bytes exactly is a path like any other (here one that does not exist, or a new folder).
+    at_limit = base + "/" + "c" * (4095 - len(base))
+    assert len(at_limit.encode()) == 4096
+    response = client.post(endpoint, json={**body, field: at_limit}, headers=auth)
+    assert "longer than 4096 bytes" not in response.get_json()["Message"]

@@ -262,4 +262,4 @@ def test_health_lists_the_worker(client: Any, auth: dict[str, str], worker: Any)
     data = response.get_json()["Data"]
     assert data["broker"] == "ok"
     assert worker.name in data["workers"]
-    assert set(data["queues"]) == {"inference", "celery"}
+    assert set(data["queues"]) == {"single", "inference", "celery"}

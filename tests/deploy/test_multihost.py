@@ -329,7 +329,7 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
                 "workers.app",
                 "worker",
                 "-Q",
-                "inference,celery",
+                "single,inference,celery",
                 "-c",
                 "1",
                 "-n",

@@ -64,7 +64,7 @@ class WorkerProcess:
             "workers.app",
             "worker",
             "-Q",
-            "inference,celery",
+            "single,inference,celery",
             "-c",
             str(concurrency),
             "-n",

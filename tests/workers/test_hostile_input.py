@@ -197,6 +197,8 @@ def expected_message(endpoint: str, field: str, value: Any) -> str | None:
         return None if value is None else f"Invalid patient_id: {value!r} in request body"  # null: absent
     if value is None:
         return REQUIRED[(endpoint, field)]
+    if isinstance(value, str) and len(value) > 4096:  # never echoed back (issue 15, item 6)
+        return f"Invalid path {field}: longer than 4096 bytes"
     return f"Invalid path {field}: {value!r}"
 
 
@@ -294,7 +296,8 @@ def test_paths_that_are_not_text_or_too_long(client: Any, auth: dict[str, str], 
     surrogate = b'{"input_folder_path": "' + str(base).encode() + b'/\\udcff", "output_folder_path": "/o"}'
     status, message, _ = _post(client, auth, "/bulk_inference", surrogate)
     assert (status, message) == (400, f"Invalid path input_folder_path: {str(base) + '/' + chr(0xDCFF)!r}")
-    too_long = str(base / ("a" * 5000))
+    too_long = str(base / ("a" * 3000))  # too long for the file system, within the API's 4096 bytes
+    over = str(base / ("a" * 5000))
     for endpoint, body, expected in (
         (
             "/bulk_inference",
@@ -305,6 +308,11 @@ def test_paths_that_are_not_text_or_too_long(client: Any, auth: dict[str, str], 
             "/single_inference",
             {"input_image_path": too_long + ".dcm", "output_folder_path": str(base / "o")},
             f"Input image path does not exist: {too_long}.dcm",
+        ),
+        (
+            "/bulk_inference",
+            {"input_folder_path": over, "output_folder_path": str(base / "o")},
+            "Invalid path input_folder_path: longer than 4096 bytes",
         ),
     ):
         assert _post(client, auth, endpoint, body)[:2] == (400, expected)

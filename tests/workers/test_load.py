@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from engine.jobstore import JobStore
 from tests.support.live import LiveService
 
 DURATION_S = float(os.environ.get("CXR_LOAD_TEST_S", "60"))
@@ -202,3 +203,103 @@ def test_fifty_clients_for_a_minute_no_5xx_and_ping_stays_fast(live: LiveService
     # Jobs ran for most of the window, so the bound below is measured while they ran.
     assert len(busy_pings) >= 0.8 * len(pings), report
     assert percentile(busy_pings, 0.99) < PING_P99_BOUND_S, report
+
+
+# -- starving the API (issue 15, item 6) ----------------------------------------------------
+
+SLOW_CLIENTS, WAITING_BULKS = 50, 20
+STARVE_WINDOW_S = 8.0  # pings measured while every slow client is still connected (cut at 10 s)
+PING_BOUND_S = 1.0
+
+
+async def slow_client(url: str, index: int, result: dict[str, Any]) -> None:
+    """Sends a request line, then one header line a second, never the end of the headers."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.perf_counter()
+    writer.write(b"GET /ping HTTP/1.1\r\n")
+
+    async def trickle() -> None:
+        for i in range(60):
+            writer.write(b"X-Slow-%d: %d\r\n" % (index, i))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return
+            await asyncio.sleep(1.0)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=40)
+    except (ConnectionError, asyncio.TimeoutError) as exc:
+        answer = repr(exc).encode()
+    result[f"slow{index}"] = (time.perf_counter() - started, answer[:40])
+    sender.cancel()
+    writer.close()
+
+
+async def starve(live: LiveService) -> dict[str, Any]:
+    result: dict[str, Any] = {"pings": [], "bulk": []}
+    auth = {"Authorization": live.token}
+    timeout = aiohttp.ClientTimeout(total=90)
+    async with aiohttp.ClientSession(live.url, connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+        async def bulk(i: int) -> None:
+            body = {"input_folder_path": str(live.inputs), "output_folder_path": str(live.data / "out-starve" / str(i))}
+            async with session.post("/bulk_inference", json=body, headers=auth) as resp:
+                result["bulk"].append((resp.status, resp.headers.get("Retry-After"), await resp.json()))
+
+        slow = [asyncio.create_task(slow_client(live.url, i, result)) for i in range(SLOW_CLIENTS)]
+        bulks = [asyncio.create_task(bulk(i)) for i in range(WAITING_BULKS)]
+        await asyncio.sleep(1.5)  # every slow client and bulk request connected and sent
+        window_end = time.perf_counter() + STARVE_WINDOW_S
+        while time.perf_counter() < window_end:
+            started = time.perf_counter()
+            try:
+                async with (
+                    aiohttp.ClientSession(live.url, timeout=aiohttp.ClientTimeout(total=5)) as fresh,
+                    fresh.get("/ping") as resp,
+                ):
+                    status = resp.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status = 0
+            result["pings"].append((time.perf_counter() - started, status))
+            await asyncio.sleep(0.2)
+        result["waiting_at_end"] = sum(1 for task in bulks if not task.done())
+        await asyncio.gather(*slow)
+        # Free the threads still waiting: their jobs are failed, the wait ends at once.
+        store = JobStore.from_url(live.redis_url)
+        for job_id in store.active_jobs():
+            store.fail(job_id, "load test over")
+        await asyncio.gather(*bulks, return_exceptions=True)
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_ping_stays_fast_with_50_slow_clients_and_20_waiting_bulk_requests(live: LiveService) -> None:
+    """Issue 15, item 6: on main, 40 clients sending a header line a second made /ping time
+    out (gunicorn's gthread threads each held by one), and so did 17 ``wait: true`` bulk
+    requests. Now gunicorn's event loop reads requests before any thread gets them
+    (``api.gunicorn_worker``, 408 after CXR_HEADER_TIMEOUT_S = 10 s) and at most
+    CXR_MAX_BULK_WAITS (4) bulk requests per API process wait, the next answered 503 with
+    Retry-After."""
+    result = asyncio.run(starve(live))
+    pings = result["pings"]
+    slow = [v for k, v in result.items() if k.startswith("slow")]
+    refused = [b for b in result["bulk"] if b[0] == 503]
+    report = {
+        "pings": len(pings),
+        "ping_max_ms": round(1000 * max(p[0] for p in pings), 1),
+        "ping_p50_ms": round(1000 * percentile([p[0] for p in pings], 0.5), 1),
+        "slow_cut_after_s": [round(min(s[0] for s in slow), 1), round(max(s[0] for s in slow), 1)],
+        "bulk_refused_503": len(refused),
+        "bulk_waiting_at_window_end": result["waiting_at_end"],
+    }
+    print("starvation test:", json.dumps(report))
+    assert len(pings) >= 20 and all(status == 200 for _, status in pings), pings
+    assert max(latency for latency, _ in pings) < PING_BOUND_S, report
+    assert len(slow) == SLOW_CLIENTS
+    assert all(answer.startswith(b"HTTP/1.1 408") and 9.0 < after < 15.0 for after, answer in slow), slow[:5]
+    # 2 gunicorn processes x 4 waiting slots: the other requests were refused, never queued.
+    assert len(refused) >= WAITING_BULKS - 8 and result["waiting_at_end"] <= 8, report
+    assert all(retry == "10" and body["Data"] == {"retry_after_s": 10} for _, retry, body in refused), refused[:3]
