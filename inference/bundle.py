@@ -57,6 +57,8 @@ class ModelBundle:
     intended_use: str
     demo: bool
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: ``demo``, ``research``, ``cleared``, ... (machine-checkable; schema 1 derives it from ``demo``)
+    clinical_status: str = "unspecified"
 
     @property
     def weights_path(self) -> Path:
@@ -70,6 +72,7 @@ class ModelBundle:
             "weights_sha256": self.weights_sha256,
             "input_size": list(self.input_size),
             "intended_use": self.intended_use,
+            "clinical_status": self.clinical_status,
             "demo": self.demo,
         }
 
@@ -130,6 +133,7 @@ def read_bundle(path: Path | None = None, *, verify: bool = True) -> ModelBundle
         intended_use=str(manifest["intended_use"]),
         demo=bool(manifest.get("demo", False)),
         manifest=manifest,
+        clinical_status=str(manifest.get("clinical_status") or ("demo" if manifest.get("demo") else "unspecified")),
     )
     if verify:
         verify_weights(bundle)

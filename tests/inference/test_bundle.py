@@ -80,3 +80,10 @@ def test_manifest_missing_a_required_key(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="gradcam_layer"):
         read_bundle(bundle_copy)
+
+
+def test_identity_carries_the_clinical_status(demo_bundle_dir):
+    """Downstream writers (JSON, PDF, DICOM outputs) read the model's status from ``identity()``."""
+    identity = read_bundle(demo_bundle_dir).identity()
+    assert identity["clinical_status"] == "demo"
+    assert {"name", "version", "weights_sha256", "intended_use"} <= set(identity)
