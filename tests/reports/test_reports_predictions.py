@@ -52,7 +52,8 @@ def test_findings_cover_every_label_in_order_with_per_label_thresholds() -> None
     assert by_name["Tuberculosis"]["presence"] is True  # 0.35 >= its own 0.3
     assert by_name["Cardiomegaly"]["presence"] is False  # 0.49 < default 0.5
     assert by_name["Fibrosis"]["presence"] is True  # equality counts as present
-    assert all(set(f) == {"name", "presence", "confidence"} for f in findings)
+    assert all(set(f) == {"name", "presence", "confidence", "assessed"} for f in findings)
+    assert all(f["assessed"] is True for f in findings)
     assert all(type(f["presence"]) is bool and type(f["confidence"]) is float for f in findings)
 
 
@@ -72,6 +73,7 @@ def test_confidence_cleaning(raw: float, reported: float, present: bool) -> None
         "name": "Tuberculosis",
         "presence": present,
         "confidence": reported,
+        "assessed": True,
     }
 
 
@@ -134,6 +136,7 @@ def test_document_shape_and_string_metadata(
         "metadata",
         "model",
         "thresholds",
+        "model_outputs",
         "heatmap",
         "provenance",
         "timings_ms",
