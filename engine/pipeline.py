@@ -51,7 +51,6 @@ from reports.publish import LAYOUTS, artifact_names, publish_artifacts
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Artifacts:
     """The four artifacts of one image, in memory, plus where they belong."""

@@ -312,7 +312,11 @@ def _read_schema_2(root: Path, manifest: dict[str, Any], point: str) -> ModelBun
         chosen = _obj(points[point], f"operating_points.{point}")
         thresholds.update(_thresholds(chosen.get("thresholds", {}), labels, f"operating_points.{point}.thresholds"))
     for name in points:  # every point is checked, not only the chosen one
-        _thresholds(_obj(points[name], f"operating_points.{name}").get("thresholds", {}), labels, f"operating_points.{name}.thresholds")
+        _thresholds(
+            _obj(points[name], f"operating_points.{name}").get("thresholds", {}),
+            labels,
+            f"operating_points.{name}.thresholds",
+        )
 
     gradcam = _obj(manifest.get("gradcam", {"layer": "auto"}), "gradcam")
     layer = gradcam.get("layer", "auto")
@@ -386,7 +390,9 @@ def _numbers(value: Any, channels: int, where: str) -> tuple[float, ...]:
 def _normalization(value: Any, channels: int) -> dict[str, Any]:
     if isinstance(value, str):
         if value not in PRESETS:
-            raise _Refusal(f"unknown normalization preset {value!r} (one of {', '.join(PRESETS)}, or {{scale, mean, std}})")
+            raise _Refusal(
+                f"unknown normalization preset {value!r} (one of {', '.join(PRESETS)}, or {{scale, mean, std}})"
+            )
         spec = PRESETS[value]
         mean, std = spec["mean"], spec["std"]
         if channels == 1 and len(mean) == 3:  # a grey model with ImageNet statistics: their mean

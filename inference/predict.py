@@ -126,7 +126,7 @@ def load_model(bundle: ModelBundle) -> Any:
         if bundle.format == "savedmodel":
             return keras.layers.TFSMLayer(str(bundle.weights_path), call_endpoint=bundle.signature or "serving_default")
         return keras.models.load_model(bundle.weights_path, compile=False)
-    except Exception as exc:  # Keras and TensorFlow raise many types for a bad file
+    except Exception as exc:  # noqa: BLE001 - Keras and TensorFlow raise many types for a bad file
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise BundleError(
             f"model bundle {bundle.path}: cannot load {bundle.weights_file} as {bundle.format}: "
@@ -210,7 +210,7 @@ def feature_model(model: Any, path: str, outputs: list[Any]) -> Any:
     graph = _functional(model)
     head, _, rest = path.partition("/")
     if not rest:
-        return keras.Model(graph.inputs, [graph.get_layer(head).output, *outputs])
+        return keras.Model(_single(graph.inputs), [graph.get_layer(head).output, *outputs])
     nested = graph.get_layer(head)
     inner = feature_model(nested, rest, [_functional(nested).output])
     captured: list[Any] = []
@@ -223,11 +223,17 @@ def feature_model(model: Any, path: str, outputs: list[Any]) -> Any:
             return out
         return layer(*args, **kwargs)
 
-    wanted = keras.Model(graph.inputs, outputs)
+    wanted = keras.Model(_single(graph.inputs), outputs)
     traced = keras.models.clone_model(wanted, clone_function=lambda layer: layer, call_function=call)
     if len(captured) != 1:
         raise BundleError(f"gradcam layer {path!r}: nested model {head!r} is called {len(captured)} times")
-    return keras.Model(traced.inputs, [captured[0], *traced.outputs])
+    return keras.Model(_single(traced.inputs), [captured[0], *traced.outputs])
+
+
+def _single(inputs: Any) -> Any:
+    """One input tensor as itself, not a list of one (Keras warns when a list-input
+    model is called with a bare tensor)."""
+    return inputs[0] if isinstance(inputs, (list, tuple)) and len(inputs) == 1 else inputs
 
 
 def select_output(model: Any, bundle: ModelBundle) -> Any:
@@ -291,11 +297,15 @@ def _pick(result: Any, bundle: ModelBundle) -> Any:
                 )
             return result[bundle.output_name]
         if len(result) != 1:
-            raise BundleError(f"model bundle {bundle.path}: the signature has outputs {sorted(result)}; set output.output_name")
+            raise BundleError(
+                f"model bundle {bundle.path}: the signature has outputs {sorted(result)}; set output.output_name"
+            )
         return next(iter(result.values()))
     if isinstance(result, (list, tuple)):
         if len(result) != 1:
-            raise BundleError(f"model bundle {bundle.path}: the model has {len(result)} outputs; set output.output_name")
+            raise BundleError(
+                f"model bundle {bundle.path}: the model has {len(result)} outputs; set output.output_name"
+            )
         return result[0]
     return result
 
@@ -397,7 +407,9 @@ class Predictor:
             if "/" not in path:
                 model = apply_global_policy(model, keep_float32_from=path)
             elif _mixed_policy():
-                log.warning("mixed precision: the Grad-CAM layer %s is inside a nested model; computing in float32", path)
+                log.warning(
+                    "mixed precision: the Grad-CAM layer %s is inside a nested model; computing in float32", path
+                )
             self.model = model
             output = select_output(model, b)
             logits = logits_tensor(model, output, b)
@@ -423,7 +435,7 @@ class Predictor:
         h, w = b.input_size
         try:
             out = self._probabilities(np_.zeros((1, h, w, b.channels), np_.float32))
-        except Exception as exc:  # a wrong input size or channel count, in many guises
+        except Exception as exc:  # noqa: BLE001 - a wrong input size or channel count, in many guises
             raise BundleError(
                 f"model bundle {b.path}: the model does not take input.size {list(b.input_size)} x {b.channels} "
                 f"channel(s) ({exc.__class__.__name__})"

@@ -21,9 +21,12 @@ Like a web view, each task unpacks its arguments, calls plain functions
 The worker's main process also runs the stalled-job watchdog (``workers.watchdog``).
 
 The model is loaded once per worker *process*, after the fork (``worker_process_init``),
-never in the parent: CUDA state does not survive a fork. The parent only checks the
-bundle's manifest and weights checksum at start-up (no TensorFlow), so a worker with a
-bad bundle refuses to start instead of failing every file.
+never in the parent: CUDA state does not survive a fork. The parent checks the bundle
+fully at start-up (manifest, weights checksum, then ``inference.bundle_tools`` loads and
+probes the model in a child interpreter, remembered once passed), so a worker with a
+bad bundle refuses to start, with one line naming the reason, instead of failing every
+file. (A Celery signal handler's exception is only logged, so the refusal is a
+``SystemExit``, which Celery does not catch.)
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from engine.jobstore import JobStore
 from engine.pipeline import analyse_file, process_file
 from engine.settings import WorkerSettings
 from inference.bundle import read_bundle
+from inference.bundle_tools import check_in_child
 from inference.dicom_read import ReadOptions
-from inference.errors import CxrError, register_interrupt
+from inference.errors import BundleError, CxrError, register_interrupt
 from inference.predict import Predictor, configure_tensorflow
 from reports.pdf_fonts import prepare_fonts
 from workers import gpu
@@ -108,8 +112,13 @@ def _warmup_image() -> Any:
 @signals.worker_init.connect
 def _prepare_worker(sender: Any = None, **_: Any) -> None:
     """Main process, before the fork: check the bundle, share the cores among children."""
-    bundle = read_bundle()  # raises BundleError: the worker refuses to start
-    log.info("model bundle %s verified", bundle.identity())
+    try:
+        bundle = read_bundle()
+        checked = check_in_child(bundle.path, bundle.operating_point)
+    except BundleError as exc:
+        log.critical("worker refuses to start: %s", exc)
+        raise SystemExit(f"worker refuses to start: {exc}") from None
+    log.info("model bundle %s verified (%s)", bundle.identity(), "checked" if checked else "checked before")
     log.info("worker settings: %s", settings())  # read now, before the fork, and inherited
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     if not os.environ.get("CXR_TF_THREADS", "").strip():
