@@ -281,6 +281,7 @@ def logits_tensor(model: Any, output: Any, bundle: ModelBundle) -> Any:
         return last.input
     config = last.get_config()
     config["activation"] = "linear"
+    config["name"] = f"{last.name}_logits"
     twin = last.__class__.from_config(config)
     twin.build(tuple(last.input.shape))
     twin.set_weights(last.get_weights())
