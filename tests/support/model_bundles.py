@@ -59,7 +59,7 @@ NIH14_MAP: dict[str, Any] = {
 }
 
 
-def spread_head(model: Any, head: str, probe: np.ndarray, target_std: float = 2.0) -> None:
+def spread_head(model: Any, head: str, probe: np.ndarray, target_std: float = 1.0) -> None:
     """Scale layer ``head``'s kernel so its pre-activation outputs vary by about
     ``target_std`` across the ``probe`` batch (random weights alone barely move them)."""
     import keras
@@ -119,7 +119,9 @@ def build_efficientnet(size: int = 224) -> Any:
     import keras
 
     keras.utils.set_random_seed(0)
-    base = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    base = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
+    )
     probs = keras.layers.Dense(3, activation="sigmoid", name="predictions")(base.output)
     model = keras.Model(base.input, probs, name="efficientnetb0_tb")
     spread_head(model, "predictions", probe_batch(size))  # rescaling is in the graph: raw 0-255
