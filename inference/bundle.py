@@ -307,16 +307,10 @@ def _read_schema_2(root: Path, manifest: dict[str, Any], point: str) -> ModelBun
     names = (DEFAULT_OPERATING_POINT, *[n for n in points if n != DEFAULT_OPERATING_POINT])
     if point not in names:
         raise _Refusal(f"operating point {point!r} (CXR_OPERATING_POINT) is not in the manifest (it has {list(names)})")
-    thresholds = dict(base)
-    if point in points:
-        chosen = _obj(points[point], f"operating_points.{point}")
-        thresholds.update(_thresholds(chosen.get("thresholds", {}), labels, f"operating_points.{point}.thresholds"))
-    for name in points:  # every point is checked, not only the chosen one
-        _thresholds(
-            _obj(points[name], f"operating_points.{name}").get("thresholds", {}),
-            labels,
-            f"operating_points.{name}.thresholds",
-        )
+    overrides = {
+        name: _point_thresholds(points[name], labels, f"operating_points.{name}") for name in points
+    }  # every point is checked, not only the chosen one
+    thresholds = {**base, **overrides.get(point, {})}  # a point overrides the labels it names
 
     gradcam = _obj(manifest.get("gradcam", {"layer": "auto"}), "gradcam")
     layer = gradcam.get("layer", "auto")
@@ -422,6 +416,12 @@ def _thresholds(raw: Any, labels: tuple[str, ...], where: str) -> dict[str, floa
             raise _Refusal(f"{where}: threshold outside (0, 1) for {label}: {value!r}")
         out[label] = float(value)
     return out
+
+
+def _point_thresholds(raw: Any, labels: tuple[str, ...], where: str) -> dict[str, float]:
+    given = _obj(_obj(raw, where).get("thresholds", {}), f"{where}.thresholds")
+    checked = _thresholds(given, labels, f"{where}.thresholds")
+    return {label: checked[label] for label in given}
 
 
 def _label_map(raw: Any, labels: tuple[str, ...], normal_label: str | None) -> dict[str, LabelMapping]:

@@ -122,7 +122,7 @@ def map_outputs(
     labels: Sequence[str],
     confidences: Sequence[float] | np.ndarray,
     thresholds: Mapping[str, float],
-    label_map: Mapping[str, Mapping[str, Any] | None],
+    label_map: Mapping[str, Mapping[str, Any] | str | None],
     normal_label: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float | None], list[dict[str, Any]]]:
     """Model outputs -> (findings for the 11 conditions, their thresholds, model_outputs).
@@ -144,6 +144,8 @@ def map_outputs(
             raise ValueError(f"threshold for {label!r} must be in [0, 1], got {limit!r}")
         probability = clean_confidence(raw)
         entry = label_map.get(label) or {}
+        if isinstance(entry, str):  # the manifest's shorthand: "label": "Condition" is exact
+            entry = {"condition": entry, "relation": "exact"}
         condition = entry.get("condition")
         if condition is not None and condition not in fed:
             raise ValueError(f"{label!r} is mapped to {condition!r}, not a condition")
