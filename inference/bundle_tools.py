@@ -61,8 +61,8 @@ def check_bundle(path: Path | None = None, *, dicom: Path | None = None, repeats
     """
     from inference.predict import Predictor, configure_tensorflow
 
+    bundle = read_bundle(path)  # manifest and SHA-256 first: no TensorFlow needed to refuse those
     configure_tensorflow()
-    bundle = read_bundle(path)
     t = time.perf_counter()
     try:
         predictor = Predictor(bundle)

@@ -417,7 +417,6 @@ class Predictor:
             self._grad_model = feature_model(model, path, [logits, output])
         h, w = b.input_size
         c = b.channels
-        self._check_output_shape()
         self._thresholds = tf.constant([b.thresholds[n] for n in b.labels], tf.float32)
         self._eligible = tf.constant([n != b.normal_label for n in b.labels], tf.bool)
         norm = b.normalization
@@ -428,14 +427,15 @@ class Predictor:
         self._analyse = tf.function(self._analyse_graph, input_signature=[spec], reduce_retracing=True)
         self._cam_for = tf.function(self._cam_for_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)])
         self._predict = tf.function(self._probabilities, input_signature=[spec])
+        self._check_output_shape()
 
     def _check_output_shape(self) -> None:
         import numpy as np_
 
         b = self.bundle
         h, w = b.input_size
-        try:
-            out = self._probabilities(np_.zeros((1, h, w, b.channels), np_.float32))
+        try:  # through the traced function: the trace is reused by predict_batch
+            out = self._predict(np_.zeros((1, h, w, b.channels), np_.float32))
         except Exception as exc:  # noqa: BLE001 - a wrong input size or channel count, in many guises
             raise BundleError(
                 f"model bundle {b.path}: the model does not take input.size {list(b.input_size)} x {b.channels} "

@@ -46,15 +46,17 @@ def _predictor(cache: dict[str, Predictor], app_bundles: Any, name: str) -> Pred
     return cache[name]
 
 
-def _reference(predictor: Predictor, arch: str, rgb255: np.ndarray) -> np.ndarray:
+def _reference(predictor: Predictor, arch: str, *rgb255: np.ndarray) -> list[np.ndarray]:
+    """The architecture's own preprocess_input and the model, on a batch of RGB images."""
     import keras
 
     module, _, activation = REFERENCES[arch]
-    x = getattr(keras.applications, module).preprocess_input(rgb255.astype(np.float32).copy())
-    out = np.asarray(predictor.model(x[None]), np.float64)[0]
+    x = getattr(keras.applications, module).preprocess_input(np.stack(rgb255).astype(np.float32))
+    out = np.asarray(predictor.model(x), np.float64)
     if activation == "softmax":
-        out = np.exp(out - out.max()) / np.exp(out - out.max()).sum()
-    return out
+        out = np.exp(out - out.max(axis=1, keepdims=True))
+        out /= out.sum(axis=1, keepdims=True)
+    return list(out)
 
 
 @pytest.mark.parametrize("arch", list(REFERENCES))
@@ -70,23 +72,23 @@ def test_engine_matches_the_keras_preprocess_input_pipeline(
     engine = np.asarray(predictor.predict_batch(predictor.preprocess(read_dicom_image(dicom).pixels)[None])[0])
 
     grey = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE).astype(np.float32)
-    resized = cv2.resize(grey, (w, h), interpolation=INTERPOLATION_FLAGS[bundle.interpolation])
-    reference = _reference(predictor, arch, np.repeat(resized[..., None], 3, axis=-1))
-    diff = float(np.abs(engine - reference).max())
-    assert diff <= PARITY_ATOL, f"{arch}: engine vs preprocess_input differ by {diff:.2e}"
-
+    resized = np.repeat(
+        cv2.resize(grey, (w, h), interpolation=INTERPOLATION_FLAGS[bundle.interpolation])[..., None], 3, -1
+    )
     pil = keras.utils.img_to_array(
         keras.utils.load_img(png, color_mode="rgb", target_size=(h, w), interpolation=REFERENCES[arch][1])
     )
-    pil_diff = float(np.abs(engine - _reference(predictor, arch, pil)).max())
+    reference, from_pil, other = _reference(predictor, arch, resized, pil, np.full((h, w, 3), 40.0, np.float32))
+    diff = float(np.abs(engine - reference).max())
+    assert diff <= PARITY_ATOL, f"{arch}: engine vs preprocess_input differ by {diff:.2e}"
+    pil_diff = float(np.abs(engine - from_pil).max())
     assert pil_diff <= LOAD_IMG_ATOL, f"{arch}: engine vs load_img differ by {pil_diff:.4f}"
 
     # The comparison has teeth: the outputs move with the image, and the wrong
     # preprocessing (plain [0, 1] scaling) is far outside the tolerance.
-    other = _reference(predictor, arch, np.full((h, w, 3), 40.0, np.float32))
     assert float(np.abs(other - reference).max()) > 0.05
     if arch != "efficientnet":  # its rescaling is in the graph: [0, 1] input is just another image
-        wrong = np.asarray(predictor.model((np.repeat(resized[..., None], 3, -1) / 255.0)[None]), np.float64)[0]
+        wrong = np.asarray(predictor.model((resized / 255.0)[None]), np.float64)[0]
         if REFERENCES[arch][2] == "softmax":
             wrong = np.exp(wrong) / np.exp(wrong).sum()
         assert float(np.abs(wrong - reference).max()) > 10 * PARITY_ATOL

@@ -211,7 +211,7 @@ def _mapped(probs: list[float], thresholds: dict[str, float] | None = None, labe
 
 
 def test_narrower_labels_fold_into_one_condition_by_max() -> None:
-    findings, limits, outputs = _mapped([0.3, 0.8, 0.1, 0.1, 0.2, 0.1])
+    findings, limits, _ = _mapped([0.3, 0.8, 0.1, 0.1, 0.2, 0.1])
     nodule = next(f for f in findings if f["name"] == "Nodule/Mass")
     assert nodule == {"name": "Nodule/Mass", "presence": True, "confidence": 0.8, "assessed": True}
     assert limits["Nodule/Mass"] == 0.5
