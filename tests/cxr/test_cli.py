@@ -73,7 +73,7 @@ def test_bundle_init_then_check_a_third_party_model(tmp_path):
     come from the model, the label map is left TODO and refused until filled in; then
     ``cxr bundle check`` passes, printing the label map and the time per image; a damaged
     weights file fails it with one line."""
-    from tests.support.model_bundles import build_tiny
+    from bench.app_models import build_tiny
 
     model_file = tmp_path / "pneumonia.keras"
     build_tiny().save(model_file)

@@ -115,13 +115,13 @@ def testdata() -> Callable[[str], str]:
     return find_testdata
 
 
-# -- third-party-style model bundles (tests/support/model_bundles.py), once per session ----
+# -- third-party-style model bundles (bench/app_models.py), once per session ----
 @pytest.fixture(scope="session")
 def app_bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``app_bundles("xception") -> bundle folder``, built on first use and kept for the
     session (Keras Applications with ``weights=None``: seconds each on 2 cores)."""
+    from bench import app_models as mb
     from inference.predict import configure_tensorflow
-    from tests.support import model_bundles as mb
 
     configure_tensorflow()
     root = tmp_path_factory.mktemp("app-bundles")

@@ -1,7 +1,7 @@
 """Real third-party-style models through the engine: preprocessing parity with Keras's own
 pipeline, the other file formats, Grad-CAM inside nested models, and model-level refusals.
 
-The models are Keras Applications built with ``weights=None`` (``tests/support/model_bundles.py``),
+The models are Keras Applications built with ``weights=None`` (``bench/app_models.py``),
 once per session. Parity: the engine reads a DICOM made from an 8-bit PNG; the reference
 takes the PNG's pixels, resizes them with the manifest's interpolation and applies the
 architecture's own ``keras.applications.<arch>.preprocess_input``, then calls the same
@@ -137,7 +137,7 @@ def test_nested_gradcam_equals_the_hand_computed_map(app_bundles: Any) -> None:
 def test_h5_and_savedmodel_agree_with_their_keras_twin(tmp_path: Path) -> None:
     import keras
 
-    from tests.support import model_bundles as mb
+    from bench import app_models as mb
 
     model = mb.build_tiny()
     twins = {

@@ -27,7 +27,7 @@ BUNDLES_DB_URL = redis_db_url("bundles")
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support import model_bundles as mb
+    from bench import app_models as mb
 
     return mb.write_bundle(tmp_path_factory.mktemp("bundle") / "tiny", mb.build_tiny(), mb.tiny_manifest())
 

@@ -1,4 +1,4 @@
-"""Real third-party-style model bundles for the tests, built from Keras Applications with
+"""Third-party-style model bundles for the tests and the bundle benchmark, built from Keras Applications with
 ``weights=None`` (no downloads): the shapes, nesting, preprocessing and heads of the
 models a hospital owns, with random weights.
 
@@ -219,3 +219,76 @@ def tiny_manifest(size: int = 64) -> dict[str, Any]:
     manifest["gradcam"] = {"layer": "backbone/c2"}
     manifest["label_map"] = {"NORMAL": None, "PNEUMONIA": {"condition": "Consolidation", "relation": "narrower"}}
     return manifest
+
+
+RECIPES = {
+    "xception": (build_xception, xception_manifest),
+    "densenet": (build_densenet, densenet_manifest),
+    "efficientnet": (build_efficientnet, efficientnet_manifest),
+    "tiny": (build_tiny, tiny_manifest),
+}
+
+
+def main() -> None:
+    """``python -m bench.app_models [--repeats N] [--out FILE]``: the bundle table of
+    docs/performance.md: per-image forward + Grad-CAM time (batch 1, the worker's way),
+    median of N after a warm-up, for each architecture at its size, with model load time."""
+    import argparse
+    import json
+    import os
+    import statistics
+    import tempfile
+    import time
+
+    from demo.phantoms import make_phantom
+    from inference.bundle import read_bundle
+    from inference.predict import Predictor, configure_tensorflow
+
+    parser = argparse.ArgumentParser(prog="python -m bench.app_models")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--models", default="demo,xception,densenet,efficientnet,tiny")
+    parser.add_argument("--out", help="also write the results as JSON here")
+    args = parser.parse_args()
+    info = configure_tensorflow()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            if name == "demo":
+                from inference.bundle import DEFAULT_BUNDLE_DIR
+
+                folder = DEFAULT_BUNDLE_DIR
+            else:
+                build, manifest = RECIPES[name]
+                folder = write_bundle(Path(tmp) / name, build(), manifest())
+            t = time.perf_counter()
+            predictor = Predictor(read_bundle(folder))
+            load_s = time.perf_counter() - t
+            x = predictor.preprocess(make_phantom(3, 0, size=1024).image)[None]
+            t = time.perf_counter()
+            predictor.analyse_batch(x)
+            trace_s = time.perf_counter() - t
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                predictor.analyse_batch(x)
+                times.append((time.perf_counter() - t) * 1000.0)
+            row = {
+                "model": name,
+                "input": f"{predictor.bundle.input_size[0]} x {predictor.bundle.input_size[1]} x {predictor.bundle.channels}",
+                "gradcam_layer": predictor.gradcam_layer,
+                "grid": list(predictor.analyse_batch(x)[0].heatmap.shape),
+                "parameters": int(predictor.model.count_params()),
+                "load_s": round(load_s, 2),
+                "first_call_s": round(trace_s, 2),
+                "median_ms": round(statistics.median(times), 1),
+                "p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 1),
+            }
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    summary = {"threads": info.get("threads"), "gpus": info.get("gpus"), "cpus": os.cpu_count(), "results": results}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
