@@ -280,6 +280,7 @@ def main() -> None:
                 "parameters": int(predictor.model.count_params()),
                 "load_s": round(load_s, 2),
                 "first_call_s": round(trace_s, 2),
+                "min_ms": round(min(times), 1),
                 "median_ms": round(statistics.median(times), 1),
                 "p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 1),
             }

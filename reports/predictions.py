@@ -161,7 +161,7 @@ def map_outputs(
             "used_for_condition": used,
         }
         outputs.append(record)
-        if used:
+        if used and condition is not None:
             fed[condition].append(record)
     findings: list[dict[str, Any]] = []
     condition_thresholds: dict[str, float | None] = {}
@@ -207,7 +207,7 @@ def build_predictions_document(
     patient: PatientInfo,
     findings: list[dict[str, Any]],
     model: Mapping[str, Any],
-    thresholds: Mapping[str, float],
+    thresholds: Mapping[str, float | None],
     heatmap: Mapping[str, Any],
     provenance: Mapping[str, Any],
     timings_ms: Mapping[str, float | np.floating[Any]],
