@@ -139,6 +139,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"  superseded {sup['path']} (folder kept {sup['kept']})")
     if predictor.bundle.demo:
         print("note: results come from the DEMO model, trained on synthetic images: NOT FOR CLINICAL USE")
+    elif predictor.bundle.clinical_status != "cleared":
+        print(
+            f"note: model {predictor.bundle.name} {predictor.bundle.version} has clinical status "
+            f"{predictor.bundle.clinical_status!r} (operating point {predictor.bundle.operating_point})"
+        )
     return 0
 
 
