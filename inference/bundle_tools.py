@@ -61,7 +61,15 @@ def check_bundle(path: Path | None = None, *, dicom: Path | None = None, repeats
     """
     from inference.predict import Predictor, configure_tensorflow
 
-    bundle = read_bundle(path)  # manifest and SHA-256 first: no TensorFlow needed to refuse those
+    bundle = read_bundle(path)  # manifest, SHA-256 and the file first: no TensorFlow needed to refuse those
+    images = {"probe": probe_image()}
+    if dicom is not None:
+        from inference.dicom_read import ReadOptions, read_dicom_image
+
+        try:
+            images[str(dicom)] = read_dicom_image(Path(dicom), ReadOptions.from_env()).pixels
+        except CxrError as exc:
+            raise BundleError(f"check file {dicom}: the engine refuses it ({exc.reason}: {exc.detail})") from None
     configure_tensorflow()
     t = time.perf_counter()
     try:
@@ -74,14 +82,6 @@ def check_bundle(path: Path | None = None, *, dicom: Path | None = None, repeats
             f"model bundle {bundle.path}: the model cannot be prepared ({exc.__class__.__name__}: {detail})"
         ) from None
     load_s = time.perf_counter() - t
-    images = {"probe": probe_image()}
-    if dicom is not None:
-        from inference.dicom_read import ReadOptions, read_dicom_image
-
-        try:
-            images[str(dicom)] = read_dicom_image(Path(dicom), ReadOptions.from_env()).pixels
-        except CxrError as exc:
-            raise BundleError(f"check file {dicom}: the engine refuses it ({exc.reason}: {exc.detail})") from None
     results = {}
     for name, pixels in images.items():
         x = predictor.preprocess(pixels)[None]
@@ -228,11 +228,9 @@ def init_bundle(
     is_savedmodel = model_path.is_dir()
     if is_savedmodel:
         fmt, weights_file = "savedmodel", model_path.name
-        layer = keras.layers.TFSMLayer(str(model_path), call_endpoint=signature or "serving_default")
         spec = _savedmodel_input(model_path, signature or "serving_default")
-        gradcam_layer = "input"
+        gradcam_layer = "input"  # a SavedModel has no layers: gradient saliency (docs/model-bundles.md)
         n_out = None
-        del layer
     else:
         if model_path.suffix not in (".keras", ".h5"):
             raise BundleError(f"{model_path}: a .keras or .h5 file, or a SavedModel folder, is needed")

@@ -68,7 +68,7 @@ def test_eval_prints_one_json_object_last(tmp_path):
     assert 0.0 <= last["mean_auroc"] <= 1.0
 
 
-def test_bundle_init_then_check_a_third_party_model(tmp_path):
+def test_bundle_init_then_check_a_third_party_model(tmp_path, phantom_dir):
     """``cxr bundle init`` around a real .keras file: size, channels and Grad-CAM layer
     come from the model, the label map is left TODO and refused until filled in; then
     ``cxr bundle check`` passes, printing the label map and the time per image; a damaged
@@ -109,12 +109,17 @@ def test_bundle_init_then_check_a_third_party_model(tmp_path):
     manifest["output"]["normal_label"] = "NORMAL"
     manifest["clinical_status"] = "research"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_cxr("bundle", "check", str(bundle))
+    dicom = min(phantom_dir.glob("*.dcm"))
+    proc = run_cxr("bundle", "check", str(bundle), "--dicom", str(dicom))
     assert proc.returncode == 0, proc.stderr
+    assert f"{dicom}: " in proc.stdout  # the real file went through the engine too
     assert "PNEUMONIA                    -> Consolidation (broader, not used for the condition)" in proc.stdout
     assert "NORMAL                       -> (unmapped" in proc.stdout
     assert "not assessed: Tuberculosis, Cardiomegaly" in proc.stdout
     assert "ms per image (forward + Grad-CAM)" in proc.stdout and proc.stdout.rstrip().endswith("OK")
+
+    proc = run_cxr("bundle", "check", str(bundle), "--dicom", str(tmp_path / "pneumonia.keras"))
+    assert proc.returncode == 1 and "the engine refuses it (unreadable_dicom" in proc.stderr
 
     weights = bundle / "pneumonia.keras"
     weights.write_bytes(weights.read_bytes()[:-10])
