@@ -97,7 +97,9 @@ def test_bulk_and_single_inference_with_a_two_label_rgb_bundle(service: tuple[An
 
 def test_worker_refuses_to_start_on_a_bundle_that_fails_the_check(tiny_bundle: Path, tmp_path: Path) -> None:
     """The layer path is only wrong against the model itself (the manifest is valid):
-    the full check in the worker's start-up catches it."""
+    the full check in the worker's start-up catches it. With the worker start-up of
+    before (a BundleError raised in the ``worker_init`` handler, which Celery only logs)
+    this test failed: the worker ran on."""
     import shutil
 
     bad = tmp_path / "bad"
