@@ -1,10 +1,15 @@
-"""The ``cxr`` command line: phantoms, train, eval, infer, token.
+"""The ``cxr`` command line: phantoms, train, eval, infer, bundle, token.
 
 ``cxr infer PATH OUTPUT`` is the in-process twin of ``POST /bulk_inference``: same
 file discovery (recursive, ``.dcm`` in any case), same per-file rules, same output
 layout and same job summary (also written to ``OUTPUT/.jobs/<job_id>.json``).
 Exit status: 0 when the run completed (skipped files are reported, not failures),
 2 for a usage problem (missing path, no DICOM found, bad model bundle).
+
+``cxr bundle init MODEL OUT --labels ...`` writes a schema-2 bundle around a model file
+(the label map and clinical status left as TODO for a person); ``cxr bundle check DIR
+[--dicom FILE]`` loads and probes a bundle, prints its label map and time per image,
+and exits 1 with the one-line reason on any problem (``docs/model-bundles.md``).
 """
 
 from __future__ import annotations
@@ -136,6 +141,87 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"  superseded {sup['path']} (folder kept {sup['kept']})")
     if predictor.bundle.demo:
         print("note: results come from the DEMO model, trained on synthetic images: NOT FOR CLINICAL USE")
+    elif predictor.bundle.clinical_status != "cleared":
+        print(
+            f"note: model {predictor.bundle.name} {predictor.bundle.version} has clinical status "
+            f"{predictor.bundle.clinical_status!r} (operating point {predictor.bundle.operating_point})"
+        )
+    return 0
+
+
+def cmd_bundle_init(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from inference.bundle_tools import init_bundle
+    from inference.errors import BundleError
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    try:
+        manifest = init_bundle(
+            Path(args.model),
+            Path(args.out),
+            labels,
+            preset=args.preset,
+            activation=args.activation,
+            name=args.name,
+            signature=args.signature,
+        )
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {Path(args.out) / 'manifest.json'}: {manifest['format']}, input {manifest['input']['size']} x "
+        f"{manifest['input']['channels']}, Grad-CAM layer {manifest['gradcam']['layer']!r}, "
+        f"{len(labels)} labels"
+    )
+    print(
+        "TODO before use: fill in label_map (each label -> one of the 11 conditions, or null), "
+        "clinical_status, intended_use, provenance; check input.normalization, resize and interpolation "
+        f"against the training code; then run `cxr bundle check {args.out}`"
+    )
+    return 0
+
+
+def cmd_bundle_check(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from inference.bundle_tools import check_bundle
+    from inference.errors import BundleError
+
+    try:
+        report = check_bundle(Path(args.dir), dicom=Path(args.dicom) if args.dicom else None)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    ident = report["identity"]
+    print(
+        f"bundle {report['bundle']}: {ident['name']} {ident['version']} ({ident['clinical_status']}), schema "
+        f"{ident['manifest_schema']}, {report['format']}"
+    )
+    inp = report["input"]
+    print(
+        f"input: {inp['size'][0]} x {inp['size'][1]} x {inp['channels']}, {inp['resize']}/{inp['interpolation']}, "
+        f"normalization {inp['normalization']}; output activation {report['activation']}"
+    )
+    print(f"operating point: {ident['operating_point']} (available: {', '.join(report['operating_points'])})")
+    print("label map:")
+    for label in report["labels"]:
+        entry = report["label_map"].get(label, {})
+        target = entry.get("condition")
+        how = entry.get("relation") or ""
+        if target and not entry.get("use_for_condition"):
+            how += ", not used for the condition"
+        shown = f"-> {target} ({how})" if target else "-> (unmapped: reported under other findings)"
+        print(f"  {label:<28} {shown}  threshold {report['thresholds'][label]:.3f}")
+    print(f"not assessed: {', '.join(report['not_assessed']) or 'none'}")
+    print(f"heatmap: {report['heatmap']['method']} at {report['heatmap']['layer']}")
+    for name, result in report["images"].items():
+        print(
+            f"{name}: {result['forward_gradcam_ms']:.1f} ms per image (forward + Grad-CAM), heatmap "
+            f"{result['heatmap_grid']} for {result['heatmap_label']}; probabilities finite, in [0, 1]"
+        )
+    print(f"model load {report['load_s']:.2f} s; OK")
     return 0
 
 
@@ -210,6 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", help="job id to record (default: random)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
+
+    bundle = sub.add_parser("bundle", help="write or check a model bundle (docs/model-bundles.md)")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    p = bundle_sub.add_parser("init", help="write a schema-2 bundle around a .keras/.h5 file or SavedModel folder")
+    p.add_argument("model")
+    p.add_argument("out")
+    p.add_argument("--labels", required=True, help="the model's output labels, comma-separated, in output order")
+    p.add_argument("--preset", default="unit", help="normalization preset (unit, keras_tf, keras_torch, ...)")
+    p.add_argument(
+        "--activation",
+        choices=("sigmoid", "softmax", "none"),
+        default="none",
+        help="what the engine applies to the model's output (none: it gives probabilities)",
+    )
+    p.add_argument("--name", help="bundle name (default: the model file's name)")
+    p.add_argument("--signature", help="SavedModel serving signature (default serving_default)")
+    p.set_defaults(func=cmd_bundle_init)
+    p = bundle_sub.add_parser("check", help="load and probe a bundle; exit 1 with the reason on any problem")
+    p.add_argument("dir")
+    p.add_argument("--dicom", help="also run this DICOM file through the engine")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_bundle_check)
 
     token = sub.add_parser("token", help="issue or revoke API tokens (needs CXR_JWT_SECRET and Redis)")
     token_sub = token.add_subparsers(dest="token_command", required=True)

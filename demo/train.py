@@ -27,7 +27,7 @@ import numpy as np
 
 from demo.metrics import auroc, best_f1_threshold
 from demo.phantoms import make_phantom
-from inference.bundle import sha256_file, write_manifest
+from inference.bundle import SCHEMA, sha256_file, write_manifest
 from inference.labels import LABELS
 
 log = logging.getLogger(__name__)
@@ -225,49 +225,66 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.save(out / "model.keras")
-    manifest = {
-        "name": cfg.name,
-        "version": cfg.version,
-        "demo": True,
-        "intended_use": DEMO_INTENDED_USE,
-        "labels": list(LABELS),
-        "thresholds": thresholds,
-        "input_size": [cfg.input_size, cfg.input_size],
-        "channels": 1,
-        "normalization": {
-            "mean": 0.0,
-            "std": 1.0,
-            "input": "display-polarity image in [0, 1] (air dark), resized without keeping aspect (INTER_AREA)",
-        },
-        "gradcam_layer": "cam_features",
-        "logits_layer": "logits",
-        "weights_file": "model.keras",
-        "weights_sha256": sha256_file(out / "model.keras"),
-        "training": {
-            "data": "synthetic phantoms from demo.phantoms (cxr phantoms), no real images",
-            "seed": cfg.seed,
-            "train_images": cfg.train_images,
-            "validation_images": cfg.val_images,
-            "epochs_planned": cfg.epochs,
-            "epochs_run": len(history.history.get("loss", [])),
-            "stopped_by_time_limit": stopper.stopped_early,
-            "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate,
-            "data_seconds": round(t_data, 1),
-            "fit_seconds": round(t_fit, 1),
-            "validation_auroc": val_auroc,
-            "threshold_rule": "max F1 on validation (middle of the optimal range), clipped to [0.2, 0.8]",
-            "localization": "class maps supervised with the phantoms' lesion boxes (weight "
-            f"{cfg.map_loss_weight}): high inside boxes of present localized findings, "
-            "low everywhere for absent findings",
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "tensorflow": tf.__version__,
-            "threads": tf_info.get("threads"),
-        },
+    training = {
+        "data": "synthetic phantoms from demo.phantoms (cxr phantoms), no real images",
+        "seed": cfg.seed,
+        "train_images": cfg.train_images,
+        "validation_images": cfg.val_images,
+        "epochs_planned": cfg.epochs,
+        "epochs_run": len(history.history.get("loss", [])),
+        "stopped_by_time_limit": stopper.stopped_early,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "data_seconds": round(t_data, 1),
+        "fit_seconds": round(t_fit, 1),
+        "validation_auroc": val_auroc,
+        "threshold_rule": "max F1 on validation (middle of the optimal range), clipped to [0.2, 0.8]",
+        "localization": "class maps supervised with the phantoms' lesion boxes (weight "
+        f"{cfg.map_loss_weight}): high inside boxes of present localized findings, "
+        "low everywhere for absent findings",
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "tensorflow": tf.__version__,
+        "threads": tf_info.get("threads"),
     }
+    manifest = demo_manifest(cfg, thresholds, sha256_file(out / "model.keras"), training)
     write_manifest(out, manifest)
     log.info("bundle written to %s in %.1f s", out, time.perf_counter() - t0)
     return manifest
+
+
+def demo_manifest(
+    cfg: TrainConfig, thresholds: dict[str, float], weights_sha256: str, training: dict[str, Any]
+) -> dict[str, Any]:
+    """The demo bundle's schema-2 manifest: 11 labels mapped ``exact`` to the conditions,
+    one grey channel scaled to [0, 1] (``unit``), clinical status ``demo``."""
+    return {
+        "schema": SCHEMA,
+        "name": cfg.name,
+        "version": cfg.version,
+        "clinical_status": "demo",
+        "intended_use": DEMO_INTENDED_USE,
+        "provenance": {
+            "training_data": training["data"],
+            "code": "demo/train.py (cxr train)",
+            "licence": "same as this repository",
+        },
+        "format": "keras",
+        "weights": {"file": "model.keras", "sha256": weights_sha256},
+        "input": {
+            "size": [cfg.input_size, cfg.input_size],
+            "channels": 1,
+            "channel_order": "RGB",
+            "resize": "stretch",
+            "interpolation": "area",
+            "normalization": "unit",
+        },
+        "output": {"labels": list(LABELS), "activation": "none"},
+        "label_map": {label: {"condition": label, "relation": "exact"} for label in LABELS},
+        "thresholds": thresholds,
+        "operating_points": {},
+        "gradcam": {"layer": "cam_features", "logits_layer": "logits"},
+        "training": training,
+    }
 
 
 def main_summary(manifest: dict[str, Any]) -> str:

@@ -54,15 +54,13 @@ from reports.images import (
 from reports.naming import UnsafePathError, sanitize_patient_id, sanitize_uid_component
 from reports.pdf import render_report_pdf
 from reports.predictions import (
-    build_findings,
     build_predictions_document,
     dumps_predictions,
+    map_outputs,
 )
 from reports.publish import LAYOUTS, artifact_names, publish_artifacts
 
 log = logging.getLogger(__name__)
-
-HEATMAP_METHOD = "grad-cam"
 
 
 @dataclass
@@ -153,26 +151,30 @@ def predictions_document(
 ) -> dict[str, Any]:
     """The predictions document (JSON content, and what the PDF shows) for one image."""
     bundle = predictor.bundle
-    findings = build_findings(bundle.labels, analysis.probabilities, bundle.thresholds)
+    findings, thresholds, outputs = map_outputs(
+        bundle.labels, analysis.probabilities, bundle.thresholds, bundle.label_map_json(), bundle.normal_label
+    )
     heat_label = bundle.labels[analysis.heatmap_index]
     heatmap_info = {
-        "method": HEATMAP_METHOD,
+        "method": predictor.heatmap_method,
         "finding": heat_label,
+        "maps_to": bundle.label_map[heat_label].condition if heat_label in bundle.label_map else None,
         "confidence": round(float(analysis.probabilities[analysis.heatmap_index]), 4),
-        "layer": bundle.gradcam_layer,
+        "layer": predictor.gradcam_layer,
         "grid": list(analysis.heatmap.shape),
-        "rule": "highest-confidence present finding, else highest-confidence finding",
+        "rule": "highest-confidence present label, else highest-confidence label (never the normal label)",
     }
     return build_predictions_document(
         patient=image.patient,
         findings=findings,
         model=bundle.identity(),
-        thresholds=bundle.thresholds,
+        thresholds=thresholds,
         heatmap=heatmap_info,
         provenance=image.provenance,
         timings_ms=timings_ms,
         publication={"job_id": job_id, "rank": rank, "layout": layout, "rule": "greatest rank wins, across jobs"},
         source_path=image.path,
+        model_outputs=outputs,
     )
 
 

@@ -69,7 +69,11 @@ def render_report_pdf(
     ``generated_at`` for the footer (default: now, UTC).
     Output: an A4 portrait PDF: header, patient block, overall result, findings table
     with confidence bars and threshold ticks, the two images side by side, model
-    identity, disclaimers, and a "Page N/M" footer with the generation time.
+    identity, disclaimers, and a "Page N/M" footer with the generation time. A condition
+    the model does not assess reads "not assessed"; model labels that are present but
+    feed no condition (unmapped, or ``broader`` and not approved for it) are listed under
+    "Other findings"; the model block names the clinical status, the operating point and
+    the manifest schema.
     """
     stamp = (generated_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
     pdf = _ReportPDF(stamp)
@@ -78,14 +82,20 @@ def render_report_pdf(
     _patient_block(pdf, _mapping(doc.get("metadata")), _mapping(doc.get("source")))
     _result_banner(pdf, str(doc.get("result", "")))
     _findings_table(pdf, doc.get("findings") or [], _mapping(doc.get("thresholds")))
+    _other_findings(pdf, doc.get("model_outputs") or [])
     _images(pdf, source_png, heatmap_png, _mapping(doc.get("heatmap")))
     _model_block(pdf, _mapping(doc.get("model")), _mapping(doc.get("heatmap")))
     return bytes(pdf.output())
 
 
 def is_demo_model(model: Mapping[str, Any]) -> bool:
-    """True when the bundle says it is a demo (``demo: true`` or "demo" in intended_use)."""
-    return model.get("demo") is True or "demo" in str(model.get("intended_use", "")).lower()
+    """True when the bundle says it is a demo (``demo: true``, clinical status ``demo``,
+    or "demo" in intended_use)."""
+    return (
+        model.get("demo") is True
+        or str(model.get("clinical_status", "")).lower() == "demo"
+        or "demo" in str(model.get("intended_use", "")).lower()
+    )
 
 
 def person_name(value: str) -> str:
@@ -228,6 +238,17 @@ def _findings_table(
     )
     for finding in findings:
         name = str(finding.get("name", ""))
+        if finding.get("assessed") is False:
+            pdf.set_font(FONT_FAMILY, "", 9)
+            pdf.set_text_color(*GREY_TEXT)
+            pdf.cell(widths[0], row_h, _fit(pdf, name, widths[0] - 1))
+            pdf.cell(widths[1], row_h, "—", align="R")
+            pdf.cell(widths[2], row_h, "—", align="R")
+            pdf.cell(widths[3], row_h, "", align="R")
+            pdf.cell(0, row_h, "   not assessed by this model")
+            pdf.set_text_color(0, 0, 0)
+            pdf.ln(row_h)
+            continue
         confidence = _number(finding.get("confidence"), 0.0)
         threshold = _number(thresholds.get(name), DEFAULT_THRESHOLD)
         present = bool(finding.get("presence"))
@@ -242,6 +263,34 @@ def _findings_table(
         pdf.set_text_color(0, 0, 0)
         pdf.ln(row_h)
     pdf.ln(3)
+
+
+def _other_findings(pdf: _ReportPDF, outputs: Sequence[Any]) -> None:
+    """Present model labels that feed no condition: never silently dropped."""
+    others = [
+        o
+        for o in outputs
+        if isinstance(o, Mapping)
+        and o.get("presence")
+        and o.get("relation") != "normal"
+        and not o.get("used_for_condition")
+    ]
+    if not others:
+        return
+    pdf.set_font(FONT_FAMILY, "B", 9)
+    pdf.cell(0, 5, "Other findings (model labels outside the 11 conditions)", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font(FONT_FAMILY, "", 9)
+    width = pdf.w - pdf.l_margin - pdf.r_margin
+    for o in others:
+        related = f" (related to {o['maps_to']}, not counted for it)" if o.get("maps_to") else ""
+        line = (
+            f"{_s(o, 'label')}: {_number(o.get('probability'), 0.0) * 100:.1f} % "
+            f"(threshold {_number(o.get('threshold'), DEFAULT_THRESHOLD) * 100:.0f} %){related}"
+        )
+        pdf.set_text_color(*RED)
+        pdf.cell(0, 5, _fit(pdf, line, width), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(2)
 
 
 def _confidence_bar(
@@ -324,11 +373,22 @@ def _png_image(pdf: _ReportPDF, png: bytes, name: str) -> str | io.BytesIO:
 
 
 def _model_block(pdf: _ReportPDF, model: Mapping[str, Any], heatmap: Mapping[str, Any]) -> None:
-    sha = _s(model, "sha256")
+    sha = _s(model, "sha256") or _s(model, "weights_sha256")
     identity = f"Model: {_s(model, 'name') or 'unknown'} {_s(model, 'version')}".rstrip()
     if sha:
         identity += f" · SHA-256 {sha[:12]}…"
     details = [identity]
+    status = [
+        f"{title}: {_s(model, key)}"
+        for title, key in (
+            ("Clinical status", "clinical_status"),
+            ("operating point", "operating_point"),
+            ("manifest schema", "manifest_schema"),
+        )
+        if _s(model, key)
+    ]
+    if status:
+        details.append(" · ".join(status))
     if model.get("intended_use"):
         details.append(f"Intended use: {_s(model, 'intended_use')}")
     if heatmap:

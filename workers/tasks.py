@@ -22,9 +22,12 @@ The worker's main process also runs the stalled-job watchdog (``workers.watchdog
 
 The model is loaded once per worker *process*, after the fork (``worker_process_init``),
 never in the parent: CUDA state does not survive a fork. Then the process bounds its own
-memory (``workers.memory``, ``CXR_WORKER_MEMORY_MB``), so one file cannot take the host down. The parent only checks the
-bundle's manifest and weights checksum at start-up (no TensorFlow), so a worker with a
-bad bundle refuses to start instead of failing every file.
+memory (``workers.memory``, ``CXR_WORKER_MEMORY_MB``), so one file cannot take the host
+down. The parent checks the bundle fully at start-up (manifest, weights checksum, then
+``inference.bundle_tools`` loads and probes the model in a child interpreter, remembered
+once passed), so a worker with a bad bundle refuses to start, with one line naming the
+reason, instead of failing every file. (A Celery signal handler's exception is only
+logged, so the refusal is a ``SystemExit``, which Celery does not catch.)
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from engine.jobstore import JobStore
 from engine.pipeline import analyse_file, process_file
 from engine.settings import WorkerSettings
 from inference.bundle import read_bundle
+from inference.bundle_tools import check_in_child
 from inference.dicom_read import ReadOptions
-from inference.errors import CxrError, register_interrupt
+from inference.errors import BundleError, CxrError, register_interrupt
 from inference.predict import Predictor, configure_tensorflow
 from reports.pdf_fonts import prepare_fonts
 from workers import gpu, memory
@@ -109,11 +113,20 @@ def _warmup_image() -> Any:
 @signals.worker_init.connect
 def _prepare_worker(sender: Any = None, **_: Any) -> None:
     """Main process, before the fork: check the bundle, share the cores among children."""
-    bundle = read_bundle()  # raises BundleError: the worker refuses to start
-    log.info("model bundle %s verified", bundle.identity())
-    log.info("worker settings: %s", settings())  # read now, before the fork, and inherited
-    log.info("read options: max %d values per frame (CXR_MAX_PIXELS)", read_options().max_pixels)  # bad: no start
-    _state["memory_mb"] = memory.headroom_mb()  # a bad CXR_WORKER_MEMORY_MB refuses to start too
+    try:
+        bundle = read_bundle()
+        checked = check_in_child(bundle.path, bundle.operating_point)
+    except BundleError as exc:
+        log.critical("worker refuses to start: %s", exc)
+        raise SystemExit(f"worker refuses to start: {exc}") from None
+    log.info("model bundle %s verified (%s)", bundle.identity(), "checked" if checked else "checked before")
+    try:  # read now, before the fork, and inherited; a bad value refuses to start, naming the variable
+        log.info("worker settings: %s", settings())
+        log.info("read options: max %d values per frame (CXR_MAX_PIXELS)", read_options().max_pixels)
+        _state["memory_mb"] = memory.headroom_mb()
+    except ValueError as exc:
+        log.critical("worker refuses to start: %s", exc)
+        raise SystemExit(f"worker refuses to start: {exc}") from None
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     if not os.environ.get("CXR_TF_THREADS", "").strip():
         # N children each sizing TensorFlow to every core would oversubscribe the CPU.

@@ -66,3 +66,64 @@ def test_eval_prints_one_json_object_last(tmp_path):
     assert set(last) == {"auroc", "mean_auroc", "pointing_accuracy"}
     assert len(last["auroc"]) == 11
     assert 0.0 <= last["mean_auroc"] <= 1.0
+
+
+def test_bundle_init_then_check_a_third_party_model(tmp_path, phantom_dir):
+    """``cxr bundle init`` around a real .keras file: size, channels and Grad-CAM layer
+    come from the model, the label map is left TODO and refused until filled in; then
+    ``cxr bundle check`` passes, printing the label map and the time per image; a damaged
+    weights file fails it with one line."""
+    from bench.app_models import build_tiny
+
+    model_file = tmp_path / "pneumonia.keras"
+    build_tiny().save(model_file)
+    bundle = tmp_path / "bundle"
+    proc = run_cxr(
+        "bundle",
+        "init",
+        str(model_file),
+        str(bundle),
+        "--labels",
+        "NORMAL,PNEUMONIA",
+        "--preset",
+        "keras_tf",
+        "--activation",
+        "softmax",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Grad-CAM layer 'backbone/c2'" in proc.stdout and "TODO before use" in proc.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["schema"] == 2 and manifest["input"]["size"] == [64, 64] and manifest["input"]["channels"] == 3
+    assert manifest["input"]["normalization"] == "keras_tf" and manifest["output"]["activation"] == "softmax"
+    assert manifest["label_map"] == {"NORMAL": "TODO", "PNEUMONIA": "TODO"}
+    assert (bundle / "pneumonia.keras").read_bytes() == model_file.read_bytes()
+
+    proc = run_cxr("bundle", "check", str(bundle))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: model bundle {bundle}: label_map still says TODO for NORMAL, PNEUMONIA: "
+        "map each to one of the 11 conditions, or null"
+    )
+
+    manifest["label_map"] = {"NORMAL": None, "PNEUMONIA": {"condition": "Consolidation", "relation": "broader"}}
+    manifest["output"]["normal_label"] = "NORMAL"
+    manifest["clinical_status"] = "research"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    dicom = min(phantom_dir.glob("*.dcm"))
+    proc = run_cxr("bundle", "check", str(bundle), "--dicom", str(dicom))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{dicom}: " in proc.stdout  # the real file went through the engine too
+    assert "PNEUMONIA                    -> Consolidation (broader, not used for the condition)" in proc.stdout
+    assert "NORMAL                       -> (unmapped" in proc.stdout
+    assert "not assessed: Tuberculosis, Cardiomegaly" in proc.stdout
+    assert "ms per image (forward + Grad-CAM)" in proc.stdout and proc.stdout.rstrip().endswith("OK")
+
+    proc = run_cxr("bundle", "check", str(bundle), "--dicom", str(tmp_path / "pneumonia.keras"))
+    assert proc.returncode == 1 and "the engine refuses it (unreadable_dicom" in proc.stderr
+
+    weights = bundle / "pneumonia.keras"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    proc = run_cxr("bundle", "check", str(bundle))
+    assert proc.returncode == 1
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "SHA-256 of pneumonia.keras is" in line and "the weights were changed or damaged" in line

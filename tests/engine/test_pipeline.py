@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -305,3 +306,33 @@ def test_rank_rule_and_summaries_hold_across_jobs(tmp_path, predictor):
             "kept_job_id": "job-c",
         }
     ]
+
+
+def test_operating_point_and_model_outputs_reach_the_json_and_the_pdf(
+    tmp_path, phantom_dir, demo_bundle_dir, monkeypatch
+):
+    """``CXR_OPERATING_POINT`` picks the manifest's named thresholds; the point's name is
+    in the JSON's model block and on the PDF; every model label is in model_outputs."""
+    from inference.bundle import read_bundle
+    from inference.predict import Predictor
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(demo_bundle_dir, bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["operating_points"] = {"high_sensitivity": {"thresholds": {label: 0.01 for label in LABELS}}}
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("CXR_OPERATING_POINT", "high_sensitivity")
+    predictor = Predictor(read_bundle(bundle_dir))
+    out = tmp_path / "out"
+    out.mkdir()
+    record = process_file(min(phantom_dir.glob("*.dcm")), out, predictor, job_id="job-op")
+    assert record["status"] == "processed", record
+    doc = json.loads(Path(record["outputs"]["predictions"]).read_text(encoding="utf-8"))
+    assert doc["model"]["operating_point"] == "high_sensitivity"
+    assert doc["model"]["clinical_status"] == "demo" and doc["model"]["manifest_schema"] == 2
+    assert set(doc["thresholds"].values()) == {0.01}
+    assert [o["label"] for o in doc["model_outputs"]] == list(LABELS)
+    assert all(o["maps_to"] == o["label"] and o["threshold"] == 0.01 for o in doc["model_outputs"])
+    assert all(f["assessed"] is True for f in doc["findings"])
+    text = PdfReader(record["outputs"]["report"]).pages[0].extract_text()
+    assert "operating point: high_sensitivity" in text and "NOT FOR CLINICAL USE" in text

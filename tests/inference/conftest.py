@@ -113,3 +113,49 @@ def find_testdata(name: str) -> str:
 def testdata() -> Callable[[str], str]:
     """``testdata("MR_small.dcm") -> path`` of a pydicom / pydicom-data file."""
     return find_testdata
+
+
+# -- third-party-style model bundles (bench/app_models.py), once per session ----
+@pytest.fixture(scope="session")
+def app_bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``app_bundles("xception") -> bundle folder``, built on first use and kept for the
+    session (Keras Applications with ``weights=None``: seconds each on 2 cores)."""
+    from bench import app_models as mb
+    from inference.predict import configure_tensorflow
+
+    configure_tensorflow()
+    root = tmp_path_factory.mktemp("app-bundles")
+    recipes = {
+        "xception": (mb.build_xception, mb.xception_manifest),
+        "densenet": (mb.build_densenet, mb.densenet_manifest),
+        "efficientnet": (mb.build_efficientnet, mb.efficientnet_manifest),
+        "tiny": (mb.build_tiny, mb.tiny_manifest),
+    }
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            build, manifest = recipes[name]
+            built[name] = mb.write_bundle(root / name, build(), manifest())
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def parity_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(an 8-bit grey PNG, a DICOM holding exactly its pixels), 300 x 360 (not square).
+
+    The DICOM's window (center 128, width 256, LINEAR) maps stored value v to v / 255
+    exactly, so the engine's 8-bit display image is the PNG's pixels."""
+    import cv2
+
+    from demo.phantoms import make_phantom
+
+    root = tmp_path_factory.mktemp("parity")
+    image = cv2.resize(make_phantom(31, 4, size=720).image, (360, 300), interpolation=cv2.INTER_AREA)
+    pixels = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    png = root / "image.png"
+    cv2.imwrite(str(png), pixels)
+    ds = build_dataset(pixels, WindowCenter="128", WindowWidth="256")
+    return png, write_dataset(ds, root / "image.dcm")

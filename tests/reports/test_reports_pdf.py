@@ -182,3 +182,50 @@ def test_names_outside_the_core_ranges_use_the_complete_font(
     assert "\ufffd" not in text
     for word in name.split():
         assert word in text or word[::-1] in text  # pypdf may give right-to-left text reversed
+
+
+def test_foreign_model_report_says_not_assessed_lists_other_findings_and_names_the_operating_point(
+    report_pngs: Pngs, patient_factory: Callable[..., PatientInfo]
+) -> None:
+    """A 2-label pneumonia model: PNEUMONIA is broader than Consolidation and not approved
+    for it, so no condition is assessed; the page must still show the positive label."""
+    from reports.predictions import build_predictions_document, map_outputs
+
+    findings, limits, outputs = map_outputs(
+        ("NORMAL", "PNEUMONIA"),
+        [0.03, 0.97],
+        {"PNEUMONIA": 0.2},
+        {"NORMAL": None, "PNEUMONIA": {"condition": "Consolidation", "relation": "broader"}},
+        normal_label="NORMAL",
+    )
+    model = {
+        "name": "xception-pneumonia",
+        "version": "1.0.0",
+        "weights_sha256": "abcdef012345" + "0" * 52,
+        "intended_use": "Research only, NOT FOR CLINICAL USE",
+        "clinical_status": "research",
+        "operating_point": "high_sensitivity",
+        "manifest_schema": 2,
+    }
+    doc = build_predictions_document(
+        patient=patient_factory(),
+        findings=findings,
+        model=model,
+        thresholds=limits,
+        heatmap={"method": "grad-cam", "finding": "PNEUMONIA", "layer": "xception/block14_sepconv2_act"},
+        provenance={},
+        timings_ms={},
+        publication={},
+        source_path="/in/a.dcm",
+        model_outputs=outputs,
+    )
+    reader, text = render_text(doc, report_pngs)
+    assert len(reader.pages) == 1
+    assert text.count("not assessed by this model") == len(LABELS)
+    assert "Overall result: Abnormal" in text
+    assert "Other findings" in text and "PNEUMONIA: 97.0 % (threshold 20 %)" in text
+    assert "related to Consolidation" in text
+    assert "NORMAL:" not in text  # the normal label is not a finding
+    assert "Clinical status: research" in text and "operating point: high_sensitivity" in text
+    assert "manifest schema: 2" in text and "abcdef012345" in text
+    assert DEMO_DISCLAIMER not in text

@@ -15,6 +15,7 @@ from reports.predictions import (
     build_findings,
     build_predictions_document,
     dumps_predictions,
+    map_outputs,
     overall_result,
 )
 
@@ -52,7 +53,8 @@ def test_findings_cover_every_label_in_order_with_per_label_thresholds() -> None
     assert by_name["Tuberculosis"]["presence"] is True  # 0.35 >= its own 0.3
     assert by_name["Cardiomegaly"]["presence"] is False  # 0.49 < default 0.5
     assert by_name["Fibrosis"]["presence"] is True  # equality counts as present
-    assert all(set(f) == {"name", "presence", "confidence"} for f in findings)
+    assert all(set(f) == {"name", "presence", "confidence", "assessed"} for f in findings)
+    assert all(f["assessed"] is True for f in findings)
     assert all(type(f["presence"]) is bool and type(f["confidence"]) is float for f in findings)
 
 
@@ -72,6 +74,7 @@ def test_confidence_cleaning(raw: float, reported: float, present: bool) -> None
         "name": "Tuberculosis",
         "presence": present,
         "confidence": reported,
+        "assessed": True,
     }
 
 
@@ -134,6 +137,7 @@ def test_document_shape_and_string_metadata(
         "metadata",
         "model",
         "thresholds",
+        "model_outputs",
         "heatmap",
         "provenance",
         "timings_ms",
@@ -189,3 +193,102 @@ def test_dumps_is_utf8_indented_and_round_trips(
     assert json.loads(data) == doc
     with pytest.raises(ValueError):
         dumps_predictions({"x": float("nan")})
+
+
+# -- label maps: a model's own labels onto the 11 conditions ------------------------------
+NIH_LIKE = ("Nodule", "Mass", "Lung Opacity", "Hernia", "Effusion", "No Finding")
+NIH_MAP = {
+    "Nodule": {"condition": "Nodule/Mass", "relation": "narrower"},
+    "Mass": {"condition": "Nodule/Mass", "relation": "narrower"},
+    "Lung Opacity": {"condition": "Consolidation", "relation": "broader"},
+    "Hernia": None,
+    "Effusion": {"condition": "Pleural Effusion", "relation": "exact"},
+}
+
+
+def _mapped(probs: list[float], thresholds: dict[str, float] | None = None, label_map: dict[str, Any] | None = None):
+    return map_outputs(NIH_LIKE, probs, thresholds or {}, label_map or NIH_MAP, normal_label="No Finding")
+
+
+def test_narrower_labels_fold_into_one_condition_by_max() -> None:
+    findings, limits, _ = _mapped([0.3, 0.8, 0.1, 0.1, 0.2, 0.1])
+    nodule = next(f for f in findings if f["name"] == "Nodule/Mass")
+    assert nodule == {"name": "Nodule/Mass", "presence": True, "confidence": 0.8, "assessed": True}
+    assert limits["Nodule/Mass"] == 0.5
+    # With different thresholds, a present label wins over a higher absent one, so
+    # presence == confidence >= threshold still holds for the finding.
+    findings, limits, _ = _mapped([0.3, 0.4, 0.1, 0.1, 0.2, 0.1], {"Nodule": 0.25, "Mass": 0.5})
+    nodule = next(f for f in findings if f["name"] == "Nodule/Mass")
+    assert (nodule["presence"], nodule["confidence"], limits["Nodule/Mass"]) == (True, 0.3, 0.25)
+
+
+def test_broader_labels_stay_out_unless_approved_and_unmapped_labels_are_still_reported() -> None:
+    findings, limits, outputs = _mapped([0.1, 0.1, 0.9, 0.7, 0.2, 0.1])
+    by_name = {f["name"]: f for f in findings}
+    assert by_name["Consolidation"] == {
+        "name": "Consolidation",
+        "presence": False,
+        "confidence": None,
+        "assessed": False,
+    }
+    assert limits["Consolidation"] is None
+    opacity, hernia = outputs[2], outputs[3]
+    assert opacity == {
+        "label": "Lung Opacity",
+        "probability": 0.9,
+        "threshold": 0.5,
+        "presence": True,
+        "maps_to": "Consolidation",
+        "relation": "broader",
+        "used_for_condition": False,
+    }
+    assert hernia["maps_to"] is None and hernia["relation"] is None and hernia["presence"] is True
+    assert [o["label"] for o in outputs] == list(NIH_LIKE)  # every label, model order
+    # Present labels outside the conditions still make the study abnormal.
+    assert overall_result(findings, outputs) == "Abnormal"
+    approved = {**NIH_MAP, "Lung Opacity": {**NIH_MAP["Lung Opacity"], "use_for_condition": True}}
+    findings, _, outputs = _mapped([0.1, 0.1, 0.9, 0.1, 0.2, 0.1], label_map=approved)
+    assert next(f for f in findings if f["name"] == "Consolidation")["confidence"] == 0.9
+    assert outputs[2]["used_for_condition"] is True
+
+
+def test_normal_label_is_not_a_finding_and_unassessed_conditions_are_listed() -> None:
+    findings, limits, outputs = _mapped([0.1, 0.1, 0.1, 0.1, 0.1, 0.97])
+    assert [f["name"] for f in findings] == list(EXPECTED_LABELS)
+    assessed = [f["name"] for f in findings if f["assessed"]]
+    assert assessed == ["Pleural Effusion", "Nodule/Mass"]
+    for f in findings:
+        if not f["assessed"]:
+            assert f["presence"] is False and f["confidence"] is None and limits[f["name"]] is None
+    assert outputs[5]["relation"] == "normal" and outputs[5]["presence"] is True
+    assert overall_result(findings, outputs) == "Normal"  # "No Finding" present is not abnormal
+
+
+def test_tb_presumptive_only_when_tuberculosis_is_assessed_and_present() -> None:
+    tb_map = {"tb": "Tuberculosis", "other": None}
+    findings, _, outputs = map_outputs(("tb", "other"), [0.9, 0.1], {}, tb_map)
+    assert overall_result(findings, outputs) == "TB Presumptive"
+    findings, _, outputs = map_outputs(("tb", "other"), [0.9, 0.1], {}, {"tb": None, "other": None})
+    assert not any(f["assessed"] for f in findings)
+    assert overall_result(findings, outputs) == "Abnormal"  # the unmapped label is present
+
+
+def test_document_carries_model_outputs_and_null_thresholds(patient: PatientInfo) -> None:
+    findings, limits, outputs = _mapped([0.3, 0.8, 0.1, 0.1, 0.2, 0.1])
+    doc = build_predictions_document(
+        patient=patient,
+        findings=findings,
+        model={"name": "nih", "version": "2", "clinical_status": "research", "operating_point": "site-A"},
+        thresholds=limits,
+        heatmap={"method": "grad-cam", "finding": "Mass"},
+        provenance={},
+        timings_ms={},
+        publication={},
+        source_path="/x.dcm",
+        model_outputs=outputs,
+    )
+    assert doc["thresholds"]["Tuberculosis"] is None and doc["thresholds"]["Nodule/Mass"] == 0.5
+    assert list(doc["thresholds"]) == list(EXPECTED_LABELS)
+    assert [o["label"] for o in doc["model_outputs"]] == list(NIH_LIKE)
+    assert doc["result"] == "Abnormal"
+    assert json.loads(dumps_predictions(doc)) == doc
