@@ -7,6 +7,9 @@ Like a web view, each task unpacks its arguments, calls plain functions
   a file problem: a refused or failed file becomes a skip record, so the chord callback
   always runs. Its soft time limit becomes a ``timeout`` skip. Only a transient Redis
   failure (recording the result) raises, and is retried with exponential backoff.
+  A full Redis (``maxmemory``, ``noeviction``: OOM) is waited out in the task instead
+  (``while_redis_full``): a Celery retry would have to publish a new message, which a
+  full Redis refuses, and Celery then drops the file's message.
   What to do with a delivery is decided by ``engine.delivery.decide_delivery`` (a plain
   function of the job store): a file recorded by an earlier delivery is not processed
   again; a file of a finished or unknown job is not processed at all; and a file whose
@@ -32,13 +35,16 @@ import base64
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
+from redis.exceptions import OutOfMemoryError
 
 import celeryconfig
 from engine.delivery import decide_delivery
@@ -65,6 +71,28 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 register_interrupt(SoftTimeLimitExceeded)  # a slow file is a timeout, not a decode error
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+T = TypeVar("T")
+#: First and longest pause between two tries while Redis is full.
+FULL_PAUSE_S, FULL_PAUSE_MAX_S = 0.2, 5.0
+
+
+def while_redis_full(what: str, call: Callable[[], T]) -> T:
+    """``call()``, tried again (backoff to ``FULL_PAUSE_MAX_S``) for as long as Redis is full.
+
+    A full Redis refuses writes (OOM) until someone makes room; the job store's writes
+    are idempotent (``engine.jobstore``), so trying again is safe. The task's soft time
+    limit bounds the wait: it interrupts the pause like any other work.
+    """
+    pause, warned = FULL_PAUSE_S, False
+    while True:
+        try:
+            return call()
+        except OutOfMemoryError:
+            if not warned:
+                log.warning("%s: Redis is full (maxmemory); trying again until it has room", what)
+                warned = True
+            time.sleep(pause)
+            pause = min(pause * 2, FULL_PAUSE_MAX_S)
 
 
 def predictor() -> Predictor:
@@ -169,14 +197,17 @@ def _stop_watchdog(**_: Any) -> None:
     max_retries=5,
 )
 def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
-    delivery = decide_delivery(
-        job_store(),
-        job_id,
-        index,
-        path=path,
-        retries=int(self.request.retries or 0),
-        max_deliveries=settings().max_deliveries,
-        worker=self.request.hostname,
+    delivery = while_redis_full(
+        f"file {index} of job {job_id}",
+        lambda: decide_delivery(
+            job_store(),
+            job_id,
+            index,
+            path=path,
+            retries=int(self.request.retries or 0),
+            max_deliveries=settings().max_deliveries,
+            worker=self.request.hostname,
+        ),
     )
     if delivery.action == "ignore":
         log.warning("file %d of job %s not processed: the job is %s", index, job_id, delivery.job_state)
@@ -207,7 +238,10 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
     record.update(index=index, worker=self.request.hostname)
     if deaths:
         record["deliveries"] = deaths + 1
-    if job_store().record_file(job_id, index, record) is None:
+    if (
+        while_redis_full(f"file {index} of job {job_id}", lambda: job_store().record_file(job_id, index, record))
+        is None
+    ):
         log.warning("file %d of job %s: the job finished while the file was processed; not recorded", index, job_id)
     return {"index": index, "status": record["status"]}
 
@@ -269,7 +303,10 @@ def _single_done(sender: Any = None, task_id: str | None = None, **_: Any) -> No
 
 @app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)
 def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[str, Any]:
-    summary = finalize_job(job_id, job_store(), _outcome_lookup(job_id), hard_limit_s=app.conf.task_time_limit)
+    summary = while_redis_full(
+        f"job {job_id}",
+        lambda: finalize_job(job_id, job_store(), _outcome_lookup(job_id), hard_limit_s=app.conf.task_time_limit),
+    )
     log.info("job %s finished: %d processed, %d skipped", job_id, summary["processed"], len(summary["skipped"]))
     return {"job_id": job_id, "status": summary["status"]}
 
