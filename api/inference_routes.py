@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, current_app, url_for
-from flask_jwt_extended import jwt_required
+from flask_jwt_extended import get_jwt_identity, jwt_required
 
 from api import BROKER_ERRORS
 from api.envelope import ApiError, envelope
@@ -151,7 +151,9 @@ def bulk_inference() -> Any:
     # roots, FIFOs...) take the indexes after them and are recorded before the chord is
     # sent, so the callback finds them. With nothing to send, the callback runs alone.
     paths = found.files + [r["path"] for r in found.refused]
-    store.create(job_id, paths=paths, input_path=str(folder), output_path=str(output), layout=layout)
+    store.create(
+        job_id, paths=paths, input_path=str(folder), output_path=str(output), layout=layout, owner=get_jwt_identity()
+    )
     for index, record in enumerate(found.refused, start=len(found.files)):
         store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
     celery = current_app.extensions["cxr_celery"]
