@@ -60,7 +60,7 @@ from workers import gpu
 from workers.app import worker_app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
-from workers.single import notify_done
+from workers.single import notify_done, store_outcome
 from workers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -252,9 +252,19 @@ def infer_single(
 ) -> dict[str, Any]:
     """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
 
+    The answer goes to the API through ``workers.single.store_outcome``; the task's own
+    result (what Flower shows and the result backend keeps) is its id and status only.
     Not redelivered when its process dies (no delivery cap here): the client waiting on
     it gets a 500 at once instead of a file that may kill worker after worker.
     """
+    outcome = _single_outcome(path, output, patient_id, request_id, self.request.hostname)
+    while_redis_full(f"single inference {request_id}", lambda: store_outcome(job_store().client, request_id, outcome))
+    return {"request_id": request_id, "status": outcome["status"]}
+
+
+def _single_outcome(
+    path: str, output: str | None, patient_id: str | None, request_id: str, hostname: str
+) -> dict[str, Any]:
     try:
         if output is not None:
             record = process_file(
@@ -291,7 +301,7 @@ def infer_single(
     except SoftTimeLimitExceeded:
         return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
     data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
-    return {"path": path, "status": "processed", "worker": self.request.hostname, "data": data}
+    return {"path": path, "status": "processed", "worker": hostname, "data": data}
 
 
 @signals.task_postrun.connect
