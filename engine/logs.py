@@ -86,6 +86,17 @@ def redact_handlers(logger: logging.Logger) -> None:
             handler.setFormatter(RedactingFormatter(inner=handler.formatter or logging.Formatter(), secrets=secrets))
 
 
+def redact_also(logger: logging.Logger, *secrets: str) -> None:
+    """Mask ``secrets`` too in ``logger``'s handlers from now on: a secret made after the
+    handlers were set up (``make run``'s Redis password)."""
+    redact_handlers(logger)
+    for handler in logger.handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, RedactingFormatter):
+            known = set(formatter.secrets) | {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
+            formatter.secrets = sorted(known, key=len, reverse=True)
+
+
 class OmitTaskResults(logging.Filter):
     """Celery's success line without the task's return value.
 
