@@ -73,7 +73,7 @@ _lock = threading.Lock()
 _state: dict[str, Any] = {}
 T = TypeVar("T")
 #: First and longest pause between two tries while Redis is full.
-FULL_PAUSE_S, FULL_PAUSE_MAX_S = 0.2, 5.0
+FULL_PAUSE_S, FULL_PAUSE_MAX_S = 0.2, 2.0
 
 
 def while_redis_full(what: str, call: Callable[[], T]) -> T:
