@@ -105,9 +105,13 @@ broker_channel_error_retry = True
 
 result_expires = int(_env_float("CXR_RESULT_TTL_S", 86400.0))
 result_backend_always_retry = True
-# Storing a result is retried on connection errors and on a full Redis (``workers.backend``),
-# with full-jitter backoff capped at 10 s: 20 tries wait about a minute in all.
-result_backend_max_retries = 20
+# Storing a result (a task's STARTED state too) is retried on connection errors and on a
+# full Redis (``workers.backend``), with full-jitter backoff from 0.1 s capped at 2 s, so
+# a task resumes within 2 s of Redis coming back or having room (Celery's 10 s cap made it
+# 10 s); 40 tries wait about 40 s in all.
+result_backend_max_retries = 40
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
 redis_backend_health_check_interval = 30
 redis_socket_keepalive = True
 redis_retry_on_timeout = True
