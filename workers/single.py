@@ -56,8 +56,12 @@ def store_outcome(client: Any, task_id: str, outcome: dict[str, Any]) -> None:
 
 
 def take_outcome(client: Any, task_id: str) -> dict[str, Any] | None:
-    """API side: the answer, deleted as it is read; None if there is none (expired, never written)."""
-    pipe = client.pipeline()
+    """API side: the answer, deleted as it is read; None if there is none (expired, never written).
+
+    A plain pipeline, not MULTI/EXEC: a full Redis refuses every command of a transaction,
+    and GET and DEL are what it still accepts (the answer is the API's alone to read).
+    """
+    pipe = client.pipeline(transaction=False)
     pipe.get(OUTCOME_KEY.format(task_id=task_id))
     pipe.delete(OUTCOME_KEY.format(task_id=task_id))
     raw, _ = pipe.execute()

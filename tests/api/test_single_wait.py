@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -57,3 +58,17 @@ def test_the_answer_is_taken_once_and_expires_unread(client: redis.Redis) -> Non
     assert take_outcome(client, "single-abc") == answer
     assert take_outcome(client, "single-abc") is None  # read once: gone
     assert client.keys("*") == []
+
+
+@pytest.mark.service  # starts a redis-server of its own
+def test_the_answer_can_be_taken_from_a_full_redis(tmp_path: Any) -> None:
+    """A Redis that reached maxmemory (noeviction) refuses every command inside MULTI/EXEC;
+    the API must still be able to take an answer the worker stored before it filled up."""
+    from tests.support.faults import private_redis
+
+    with private_redis(tmp_path, appendonly=False) as server:
+        full = redis.Redis.from_url(server.url, decode_responses=True)
+        store_outcome(full, "single-full", {"status": "processed"})
+        full.config_set("maxmemory", "1")
+        assert take_outcome(full, "single-full") == {"status": "processed"}
+        assert full.exists(OUTCOME_KEY.format(task_id="single-full")) == 0
