@@ -63,6 +63,18 @@ def http_status(url: str, auth: str | None = None) -> int:
         return int(exc.code)
 
 
+def flower_json(url: str, auth: str) -> dict[str, dict[str, object]]:
+    """Flower's JSON API, with basic auth; waits up to 10 s for it to have heard of tasks."""
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            found: dict[str, dict[str, object]] = json.loads(resp.read())
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def refuses(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -279,6 +291,19 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         with urllib.request.urlopen(request, timeout=120) as resp:
             single = json.loads(resp.read())
         assert single["Data"]["metadata"]["patient_name"] == str(pydicom.dcmread(demo_file).PatientName)
+
+        # 3c. What Flower itself serves of those tasks (its task list: arguments, results) names no patient.
+        flower_tasks = flower_json(flower_url + "/api/tasks", f"{user}:{password}")
+        kinds = {t.get("name") for t in flower_tasks.values()}
+        assert {"cxr.infer_file", "cxr.infer_single"} <= kinds, f"step 3c (flower): tasks seen {kinds}"
+        listed = json.dumps(flower_tasks)
+        demo_names = {str(pydicom.dcmread(f).PatientName) for f in (tmp_path / "demo-input").glob("*.dcm")}
+        shown = [
+            value
+            for value in [str(tmp_path / "demo-input"), "iVBORw0KGgo", "JVBERi0", *demo_names]
+            if value and value in listed
+        ]
+        assert not shown, f"step 3c (flower): Flower's task list shows {shown}"
 
         # 4. SIGTERM: the launcher stops everything and exits 0.
         proc.send_signal(signal.SIGTERM)
