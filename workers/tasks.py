@@ -32,6 +32,7 @@ bad bundle refuses to start instead of failing every file.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import threading
@@ -74,6 +75,16 @@ _state: dict[str, Any] = {}
 T = TypeVar("T")
 #: First and longest pause between two tries while Redis is full.
 FULL_PAUSE_S, FULL_PAUSE_MAX_S = 0.2, 2.0
+
+
+def waits_while_redis_full(task: Callable[..., T]) -> Callable[..., T]:
+    """A task body run by ``while_redis_full`` (for a body that is idempotent as a whole)."""
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> T:
+        return while_redis_full(f"{task.__name__} {kwargs.get('job_id', '')}".strip(), lambda: task(*args, **kwargs))
+
+    return run
 
 
 def while_redis_full(what: str, call: Callable[[], T]) -> T:
@@ -312,11 +323,9 @@ def _single_done(sender: Any = None, task_id: str | None = None, **_: Any) -> No
 
 
 @app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)
+@waits_while_redis_full  # finalising is idempotent (workers.finalize): tried whole again
 def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[str, Any]:
-    summary = while_redis_full(
-        f"job {job_id}",
-        lambda: finalize_job(job_id, job_store(), _outcome_lookup(job_id), hard_limit_s=app.conf.task_time_limit),
-    )
+    summary = finalize_job(job_id, job_store(), _outcome_lookup(job_id), hard_limit_s=app.conf.task_time_limit)
     log.info("job %s finished: %d processed, %d skipped", job_id, summary["processed"], len(summary["skipped"]))
     return {"job_id": job_id, "status": summary["status"]}
 
