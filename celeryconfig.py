@@ -107,10 +107,23 @@ broker_transport_options = {
 result_backend_transport_options = {"visibility_timeout": visibility_timeout}
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # a worker waits for Redis rather than exiting
+# kombu's Redis transport with acknowledgements a full Redis still accepts (maxmemory with
+# noeviction refuses every write inside MULTI/EXEC): ``workers.broker`` says why. The URL
+# stays ``redis://``; an explicit transport wins over the URL's scheme.
+broker_transport = "workers.broker:Transport"
+# A command the broker refuses (a full Redis answers OOM, a ResponseError: a "channel
+# error" to Celery) makes the consumer reconnect and go on, instead of the whole worker exiting.
+broker_channel_error_retry = True
 
 result_expires = int(_env_float("CXR_RESULT_TTL_S", 86400.0))
 result_backend_always_retry = True
-result_backend_max_retries = 10
+# Storing a result (a task's STARTED state too) is retried on connection errors and on a
+# full Redis (``workers.backend``), with full-jitter backoff from 0.1 s capped at 2 s, so
+# a task resumes within 2 s of Redis coming back or having room (Celery's 10 s cap made it
+# 10 s); 40 tries wait about 40 s in all.
+result_backend_max_retries = 40
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
 redis_backend_health_check_interval = 30
 redis_socket_keepalive = True
 redis_retry_on_timeout = True

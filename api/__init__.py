@@ -25,7 +25,15 @@ from api.ratelimit import init_rate_limit
 log = logging.getLogger(__name__)
 
 BROKER_DOWN = "Message broker unreachable; try again later"
-BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
+BROKER_FULL = "Message broker is full; try again later"
+#: Redis unreachable, or full (``maxmemory`` with ``noeviction`` refuses writes with OOM,
+#: a ResponseError): either passes once the operator acts, so either is a 503, never a 500.
+BROKER_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    kombu.exceptions.OperationalError,
+)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -56,10 +64,23 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+def _redis_full(exc: BaseException | None) -> bool:
+    """Whether a full Redis is behind ``exc`` (kombu re-raises it as its OperationalError)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, error_response)
 
     def _broker_down(exc: Exception) -> Any:
+        if _redis_full(exc):
+            log.error("broker full: Redis refuses writes (maxmemory reached); make room or raise maxmemory")
+            return envelope(503, BROKER_FULL, result="Failure")
         log.error("broker unreachable: %s", type(exc).__name__)
         return envelope(503, BROKER_DOWN, result="Failure")
 
@@ -68,6 +89,11 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
+        # An error raised after the view (an ``after_request`` hook: the rate limiter counts a
+        # failed authentication there) reaches Flask's 500 handler wrapped, not its own handler.
+        original = getattr(exc, "original_exception", None)
+        if isinstance(original, BROKER_ERRORS):
+            return _broker_down(original)
         messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
         code = exc.code or 500
         return envelope(code, messages.get(code, exc.name), result="Failure")

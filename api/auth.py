@@ -7,6 +7,12 @@ Redis; every request checks that key. The 401 messages are the contract's:
 ``Token missing``, ``Token expired``, ``Invalid token`` (malformed, bad signature,
 wrong or ``none`` algorithm, not yet valid, revoked, without ``jti`` or ``exp``).
 Repeated 401s from one address are rate-limited (``api.ratelimit``).
+
+Who may read what: a bulk job records the subject (``sub``) of the token that sent it,
+and ``GET /jobs/<id>`` shows it to that subject only; a token issued with
+``cxr token issue --admin`` carries ``"admin": true`` and reads every job. Anyone else
+gets the same 404 as for an unknown id, so a job id found elsewhere (a log, a summary
+file name) tells a client nothing, not even that the job exists.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from typing import Any
 import jwt as pyjwt
 import redis
 from flask import Flask, request
-from flask_jwt_extended import JWTManager, create_access_token
+from flask_jwt_extended import JWTManager, create_access_token, get_jwt
 
 from api.envelope import envelope
 
 REVOKED_KEY = "cxr:jwt:revoked:{jti}"
 ALGORITHM = "HS256"
+#: The claim of an operator's token that reads every job (``cxr token issue --admin``).
+ADMIN_CLAIM = "admin"
 
 
 def init_auth(app: Flask) -> JWTManager:
@@ -67,13 +75,28 @@ def init_auth(app: Flask) -> JWTManager:
     return manager
 
 
-def issue_token(app: Flask, subject: str, days: float | None = None) -> str:
-    """A signed token for ``subject``, valid ``days`` (default ``CXR_TOKEN_DAYS``); never unlimited."""
+def issue_token(app: Flask, subject: str, days: float | None = None, *, admin: bool = False) -> str:
+    """A signed token for ``subject``, valid ``days`` (default ``CXR_TOKEN_DAYS``); never unlimited.
+
+    ``admin``: the token reads every job, not only its subject's own.
+    """
     if days is not None and days <= 0:
         raise ValueError("a token must expire: --days must be positive")
     with app.app_context():
         expires = timedelta(days=days) if days is not None else None
-        return str(create_access_token(identity=subject, expires_delta=expires or None))
+        claims = {ADMIN_CLAIM: True} if admin else None
+        return str(create_access_token(identity=subject, expires_delta=expires or None, additional_claims=claims))
+
+
+def may_read_job(owner: str | None) -> bool:
+    """In a request with a valid token: is this token the job's owner, or an admin's?
+
+    A job recorded without an owner (by an API older than the rule) is an admin's only.
+    """
+    claims = get_jwt()
+    if claims.get(ADMIN_CLAIM) is True:
+        return True
+    return owner is not None and claims.get("sub") == owner
 
 
 def revoke(client: redis.Redis, secret: str, token_or_jti: str) -> str:

@@ -5,10 +5,12 @@ API process never imports TensorFlow. Bulk: the folder is listed, a job record i
 created in Redis and a chord is sent (one task per file); with ``wait`` (default) the
 request polls the job record until the job finishes or ``CXR_BULK_WAIT_S`` passes,
 then answers 202 ``Warning`` with the job id. Single: one task on the ``single``
-queue (which workers serve before bulk files); the request waits for the task's stored
-result, woken by the worker through ``workers.single``, for up to ``CXR_SINGLE_WAIT_S``
-(the message expires then, so a late worker will not run it) and answers 503 when no
-worker took it.
+queue (which workers serve before bulk files); the request waits for the task to end,
+woken by the worker through ``workers.single``, for up to ``CXR_SINGLE_WAIT_S`` (the
+message expires then, so a late worker will not run it), takes the answer the worker
+left there (not the Celery result, which Flower shows: no patient data goes there) and
+answers 503 when no worker took it. A bulk job records the token's subject as its owner
+(``GET /jobs/<id>``).
 
 Sending the chord costs about 2 ms per file (30,000 files: a minute), so with ``wait:
 false`` it is sent by the process's ``api.bulk_sender.BackgroundSender`` and the 202
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, url_for
-from flask_jwt_extended import jwt_required
+from flask_jwt_extended import get_jwt_identity, jwt_required
 
 from api import BROKER_ERRORS
 from api.bulk_sender import BackgroundSender
@@ -54,7 +56,7 @@ from api.requests import (
 )
 from engine.discovery import discover_inputs
 from workers.canvas import send_bulk_job, send_finalize, send_single
-from workers.single import wait_done
+from workers.single import take_outcome, wait_done
 
 log = logging.getLogger(__name__)
 bp = Blueprint("inference", __name__)
@@ -129,10 +131,11 @@ def _wait_for_task(celery: Any, task_id: str, wait_s: float) -> dict[str, Any] |
         meta = backend.get_task_meta(task_id, cache=False)
         if meta["status"] in ("SUCCESS", "FAILURE", "REVOKED"):
             backend.forget(task_id)
-            if meta["status"] != "SUCCESS":
-                log.error("single inference task %s ended in %s", task_id, meta["status"])
+            outcome = take_outcome(client, task_id)  # the answer is not the Celery result (workers.single)
+            if meta["status"] != "SUCCESS" or outcome is None:
+                log.error("single inference task %s ended in %s without an answer", task_id, meta["status"])
                 raise ApiError(500, SINGLE_INTERNAL)
-            return dict(meta["result"])
+            return outcome
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
@@ -199,7 +202,9 @@ def _bulk(raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: s
     # roots, FIFOs...) take the indexes after them and are recorded before the chord is
     # sent, so the callback finds them. With nothing to send, the callback runs alone.
     paths = found.files + [r["path"] for r in found.refused]
-    store.create(job_id, paths=paths, input_path=str(folder), output_path=str(output), layout=layout)
+    store.create(
+        job_id, paths=paths, input_path=str(folder), output_path=str(output), layout=layout, owner=get_jwt_identity()
+    )
     for index, record in enumerate(found.refused, start=len(found.files)):
         store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
     celery = current_app.extensions["cxr_celery"]

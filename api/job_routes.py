@@ -1,4 +1,8 @@
-"""``GET /ping`` (no auth, no envelope), ``GET /jobs/<job_id>`` and ``GET /health``."""
+"""``GET /ping`` (no auth, no envelope), ``GET /jobs/<job_id>`` and ``GET /health``.
+
+``GET /jobs/<job_id>`` shows a job to the subject whose token sent it and to admin
+tokens (``api.auth.may_read_job``); to anyone else it answers the 404 of an unknown id.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from flask_jwt_extended import jwt_required
 
+from api.auth import may_read_job
 from api.envelope import ApiError, envelope
 from workers.app import QUEUES
 
@@ -25,7 +30,7 @@ def ping() -> Any:
 @jwt_required()
 def job_status(job_id: str) -> Any:
     progress = current_app.extensions["cxr_jobs"].progress(job_id) if len(job_id) <= 64 else None
-    if progress is None:
+    if progress is None or not may_read_job(progress.owner):
         raise ApiError(404, f"Job not found: {job_id}")
     return envelope(200, f"Job {progress.status}.", progress.as_data())
 

@@ -231,7 +231,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     from api.config import ConfigError
 
     try:
-        token = issue_token(create_app(), args.subject, args.days)
+        token = issue_token(create_app(), args.subject, args.days, admin=args.admin)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -324,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = token_sub.add_parser("issue", help="print a new token for SUBJECT, alone on stdout")
     p.add_argument("--subject", required=True, help="who the token is for (a system or a person)")
     p.add_argument("--days", type=float, default=None, help="lifetime in days (default CXR_TOKEN_DAYS, 30)")
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        help="the token reads every job (GET /jobs/<id>); without it, only the jobs it sent itself",
+    )
     p.set_defaults(func=cmd_token_issue)
     p = token_sub.add_parser("revoke", help="deny a token from now on, by its jti or the token itself")
     p.add_argument("token", metavar="JTI_OR_TOKEN")

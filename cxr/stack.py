@@ -4,10 +4,17 @@ Why: the service is several processes (gunicorn serving the API, a Celery worker
 the model, Flower, and Redis between them). A newcomer should get all of them, a token
 and a working ``curl`` line from one command, and get every process back with one Ctrl-C.
 
-1. Redis: ``REDIS_URL``; else one answering on 127.0.0.1:6379; else a private
-   ``redis-server`` (from PATH) on a free port, stopped last.
+1. Redis: ``REDIS_URL``; else one answering on 127.0.0.1:6379 (unless
+   ``CXR_RUN_PRIVATE_REDIS=1``); else a private ``redis-server`` (from PATH) on a free
+   port of 127.0.0.1, stopped last, with a password generated per run: any local user
+   could otherwise send the workers tasks (issue 15). The password is in the server's
+   config file (``<var>/run/redis/redis.conf``, 0600), never on a command line.
 2. Secrets: a JWT secret file ``<var>/run/jwt-secret`` made on first use and kept, unless
-   CXR_JWT_SECRET(_FILE) is set; Flower credentials per run unless FLOWER_BASIC_AUTH is.
+   CXR_JWT_SECRET(_FILE) is set; Flower credentials per run unless FLOWER_BASIC_AUTH is;
+   the Redis URL, password included, in ``<var>/run/redis-url`` (0600) for ``cxr token``
+   commands. API, worker and Flower get the URL in their environment (Flower as
+   ``CELERY_BROKER_URL``, not ``--broker``, so ``ps`` never shows it); what the launcher
+   prints and logs shows the password masked.
 3. Demo data: 6 phantoms in ``<var>/demo-input`` (once); CXR_DATA_ROOTS defaults to ``<var>``.
 4. gunicorn, the Celery worker and Flower, each in its own session and process group,
    logging to ``<var>/run/logs/<name>.log``; ready when /ping, /health (a worker answers)
@@ -17,7 +24,7 @@ and a working ``curl`` line from one command, and get every process back with on
    exits 0; a child that dies stops the rest and exits 1, naming it.
 
 Settings: CXR_HOST, CXR_PORT, CXR_API_WORKERS, CXR_API_THREADS, CXR_WORKER_CONCURRENCY,
-FLOWER_PORT, CXR_VAR_DIR. It never imports TensorFlow; ``api`` only to issue a token.
+FLOWER_PORT, CXR_VAR_DIR, CXR_RUN_PRIVATE_REDIS. It never imports TensorFlow; ``api`` only to issue a token.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
-from engine.logs import redact_handlers
+from engine.logs import redact_also, redact_handlers
 
 log = logging.getLogger("cxr.stack")
 
@@ -183,12 +191,22 @@ def wait_until(what: str, check: Callable[[], bool], stack: Stack, timeout: floa
     log.info("%s: ready", what)
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for what the launcher prints)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def resolve_redis(state: Path, stack: Stack, env: dict[str, str]) -> str:
     if url := os.environ.get("REDIS_URL", "").strip():
         if not redis_answers(url, timeout=3.0):
             raise StackError(f"REDIS_URL={url} does not answer PING; start that Redis or unset REDIS_URL")
         return url
-    if redis_answers(LOCAL_REDIS, timeout=1.0):
+    private_only = os.environ.get("CXR_RUN_PRIVATE_REDIS", "").strip() in ("1", "true", "yes")
+    if not private_only and redis_answers(LOCAL_REDIS, timeout=1.0):
         return LOCAL_REDIS
     binary = shutil.which("redis-server")
     if binary is None:
@@ -196,28 +214,33 @@ def resolve_redis(state: Path, stack: Stack, env: dict[str, str]) -> str:
             "no Redis: set REDIS_URL, run Redis on 127.0.0.1:6379, or install redis-server "
             "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
         )
-    (state / "redis").mkdir(parents=True, exist_ok=True)
+    return start_private_redis(binary, state / "redis", stack, env)
+
+
+def start_private_redis(binary: str, folder: Path, stack: Stack, env: dict[str, str]) -> str:
+    """A ``redis-server`` on 127.0.0.1 only, with a password made for this run; its URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    redact_also(logging.getLogger(), password)
+    config = folder / "redis.conf"
+    config.unlink(missing_ok=True)  # a fresh 0600 file each run, whatever mode an old one had
+    with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(f"requirepass {password}\nprotected-mode yes\n")
     port = free_port()
-    stack.start(
-        "redis",
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(state / "redis"),
-        ],
-        env,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    argv = [binary, str(config), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    stack.start("redis", [*argv, "--dir", str(folder)], env)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     wait_until("private Redis", lambda: redis_answers(url, timeout=1.0), stack, timeout=15.0)
     return url
+
+
+def write_url_file(state: Path, url: str) -> Path:
+    """``<state>/redis-url`` (0600, rewritten each run): the URL for ``cxr token`` commands."""
+    path = state / "redis-url"
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(url + "\n")
+    return path
 
 
 def local_secret_file(state: Path) -> Path | None:
@@ -289,6 +312,7 @@ def banner(
     flower: str,
     auth: str,
     redis_url: str,
+    redis_url_file: Path,
     private: bool,
     logs: Path,
     secret_file: Path | None,
@@ -314,9 +338,9 @@ def banner(
             "CXR Engine is running. Ctrl-C stops everything it started.",
             f"  API:     {api}",
             f"  Flower:  {flower}  user {user}, password {shown}",
-            f"  Redis:   {redis_url}" + (" (private, stops with the stack)" if private else ""),
+            f"  Redis:   {masked_url(redis_url)}" + (" (private, stops with the stack)" if private else ""),
             f"  Logs:    {logs}/{{api,worker,flower{',redis' if private else ''}}}.log",
-            f"  Token:   {prefix}REDIS_URL={shlex.quote(redis_url)} {cli_cmd} token issue --subject you",
+            f'  Token:   {prefix}REDIS_URL="$(cat {shlex.quote(str(redis_url_file))})" {cli_cmd} token issue --subject you',
             f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
             (
                 f"curl -sS -X POST {api}/bulk_inference -H 'Content-Type: application/json' "
@@ -340,6 +364,7 @@ def run(var: Path, demo_size: int) -> int:
     stack = Stack(logs)
     try:
         env["REDIS_URL"] = redis_url = resolve_redis(state, stack, env)
+        redis_url_file = write_url_file(state, redis_url)
         if secret_file := local_secret_file(state):
             env["CXR_JWT_SECRET_FILE"] = str(secret_file)
         auth = flower_auth(os.environ)
@@ -372,11 +397,12 @@ def run(var: Path, demo_size: int) -> int:
             [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
             dict(env, CXR_HOST=host, CXR_PORT=str(api_port)),
         )
-        # The password reaches Flower as its own FLOWER_BASIC_AUTH setting, so `ps` never shows it.
+        # Flower's password and the broker URL (with Redis's) reach it in its environment, as its
+        # own FLOWER_BASIC_AUTH and Celery's CELERY_BROKER_URL, so `ps` never shows them.
         stack.start(
             "flower",
-            [py, "-m", "celery", f"--broker={redis_url}", "flower", f"--port={flower_port}", f"--address={host}"],
-            dict(env, FLOWER_BASIC_AUTH=auth),
+            [py, "-m", "celery", "flower", f"--port={flower_port}", f"--address={host}"],
+            dict(env, FLOWER_BASIC_AUTH=auth, CELERY_BROKER_URL=redis_url),
         )
 
         token = issue_demo_token(env)
@@ -397,6 +423,7 @@ def run(var: Path, demo_size: int) -> int:
                 flower=flower,
                 auth=auth,
                 redis_url=redis_url,
+                redis_url_file=redis_url_file,
                 logs=logs,
                 private=any(c.name == "redis" for c in stack.children),
                 secret_file=secret_file,

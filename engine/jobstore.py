@@ -8,8 +8,9 @@ Keys (all expire ``CXR_JOB_TTL_S`` after the last write, default 7 days):
 
 * ``cxr:job:<id>``: a hash with ``status`` (queued, running, completed, failed),
   ``total``, ``processed``, ``skipped`` (counters), ``input``, ``output``, ``layout``,
-  ``created_at``, ``started_at``, ``finished_at`` (epoch seconds), and ``summary``
-  (the JSON job summary, once finished);
+  ``owner`` (the subject of the token that sent the job: ``GET /jobs/<id>`` shows the
+  job to that subject and to admins only), ``created_at``, ``started_at``,
+  ``finished_at`` (epoch seconds), and ``summary`` (the JSON job summary, once finished);
 * ``cxr:job:<id>:files``: a hash, file index -> the file's record (JSON);
 * ``cxr:job:<id>:paths``: a list, the job's input files by index (so that a file whose
   task died without a word can still be named in the summary);
@@ -134,6 +135,8 @@ class JobProgress:
     processed: int
     skipped: int
     summary: dict[str, Any] | None
+    #: The subject of the token that sent the job; None for a record written without one.
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -179,7 +182,16 @@ class JobStore:
         )
         return cls(client, ttl_s)
 
-    def create(self, job_id: str, *, paths: Sequence[str], input_path: str, output_path: str, layout: str) -> None:
+    def create(
+        self,
+        job_id: str,
+        *,
+        paths: Sequence[str],
+        input_path: str,
+        output_path: str,
+        layout: str,
+        owner: str | None = None,
+    ) -> None:
         key = JOB_KEY.format(job_id=job_id)
         paths_key = PATHS_KEY.format(job_id=job_id)
         pipe = self.client.pipeline()
@@ -197,6 +209,7 @@ class JobStore:
                 "output": output_path,
                 "layout": layout,
                 "created_at": f"{time.time():.3f}",
+                **({"owner": owner} if owner is not None else {}),
             },
         )
         pipe.expire(key, self.ttl_s)
@@ -296,11 +309,11 @@ class JobStore:
 
     def progress(self, job_id: str) -> JobProgress | None:
         fields = self.client.hmget(
-            JOB_KEY.format(job_id=job_id), ["status", "total", "processed", "skipped", "summary"]
+            JOB_KEY.format(job_id=job_id), ["status", "total", "processed", "skipped", "summary", "owner"]
         )
         if fields[0] is None:
             return None
-        status, total, processed, skipped, summary = fields
+        status, total, processed, skipped, summary, owner = fields
         return JobProgress(
             job_id=job_id,
             status=str(status),
@@ -308,4 +321,5 @@ class JobStore:
             processed=int(processed or 0),
             skipped=int(skipped or 0),
             summary=json.loads(summary) if summary else None,
+            owner=str(owner) if owner is not None else None,
         )

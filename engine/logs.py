@@ -86,12 +86,25 @@ def redact_handlers(logger: logging.Logger) -> None:
             handler.setFormatter(RedactingFormatter(inner=handler.formatter or logging.Formatter(), secrets=secrets))
 
 
+def redact_also(logger: logging.Logger, *secrets: str) -> None:
+    """Mask ``secrets`` too in ``logger``'s handlers from now on: a secret made after the
+    handlers were set up (``make run``'s Redis password)."""
+    redact_handlers(logger)
+    for handler in logger.handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, RedactingFormatter):
+            known = set(formatter.secrets) | {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
+            formatter.secrets = sorted(known, key=len, reverse=True)
+
+
 class OmitTaskResults(logging.Filter):
     """Celery's success line without the task's return value.
 
-    Celery logs ``Task <name>[<id>] succeeded in <s>s: <return value>`` at INFO, and
-    ``cxr.infer_single`` returns what the API answers: findings and patient metadata,
-    the patient's name included. Celery has no setting for that line's format, and
+    Celery logs ``Task <name>[<id>] succeeded in <s>s: <return value>`` at INFO. The
+    tasks return ids and statuses only (``cxr.infer_single`` once returned what the API
+    answers, the patient's name included; its answer now goes through
+    ``workers.single``), and this filter stays as the net under that rule. Celery has
+    no setting for that line's format, and
     raising the ``celery.app.trace`` logger above INFO would also hide its retry lines;
     this filter, on that logger, keeps the line (task, id, runtime) and drops the value
     before it is ever formatted.

@@ -39,7 +39,6 @@ REDIS_DBS: dict[str, int] = {
     "faults_redis": 11,  # tests/workers/test_faults_redis.py
     "faults_disk": 11,  # tests/workers/test_faults_disk.py
     "service": 12,  # the session's API and worker (tests/support/service_fixtures.py)
-    "stack": 13,  # tests/cxr/test_stack.py (make run)
     "time_limits": 14,  # tests/workers/test_time_limits.py
     "idle": 15,  # tests/api/test_job_records.py: a database no worker listens on
     "missing": 99,  # past Redis's 16 databases: every command fails

@@ -6,6 +6,13 @@ nothing: ``app`` is made on first access (PEP 562 ``__getattr__``), which only a
 logging hooks are connected. The API builds its own app with ``create_celery_app`` to
 *send* tasks by name, and never imports ``workers.tasks`` (which brings in TensorFlow).
 Task modules are listed in ``include`` and imported by workers only.
+
+What Flower and any event consumer see of a task's arguments is the ``argsrepr`` and
+``kwargsrepr`` of its message (task-sent, task-received events), made where the message
+is built (``QuietAMQP``, so it holds for every sender: the API, the chord, a worker's
+retry): for ``cxr.*`` tasks only the ids (``job_id``, ``index``, ``request_id``) and the
+layout, never a path, an output folder or a patient id, which may all name a patient.
+The tasks themselves get their arguments unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import threading
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 from kombu.utils.scheduling import priority_cycle
 
 import celeryconfig
@@ -45,9 +53,33 @@ _lock = threading.Lock()
 _worker_app: list[Celery] = []
 
 
+#: The keyword arguments of ``cxr.*`` tasks that events and Flower may show.
+SHOWN_KWARGS = ("job_id", "index", "request_id", "layout")
+
+
+def shown_arguments(name: str, args: Any, kwargs: Any) -> tuple[str | None, str | None]:
+    """``(argsrepr, kwargsrepr)`` for a ``cxr.*`` task's message; ``(None, None)``: Celery's own."""
+    if not name.startswith("cxr."):
+        return None, None
+    shown = {k: kwargs[k] for k in SHOWN_KWARGS if isinstance(kwargs, dict) and k in kwargs}
+    return ("()" if not args else f"({len(args)} positional arguments, not shown)"), repr(shown)
+
+
+class QuietAMQP(AMQP):
+    """Celery's message builder, with the ``argsrepr``/``kwargsrepr`` of ``shown_arguments``."""
+
+    def as_task_v2(
+        self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any
+    ) -> Any:
+        argsrepr, kwargsrepr = shown_arguments(name, args, kwargs)
+        if argsrepr is not None:
+            options["argsrepr"], options["kwargsrepr"] = argsrepr, kwargsrepr
+        return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
+
+
 def create_celery_app(redis_url: str | None = None) -> Celery:
     """The app; ``redis_url`` overrides ``REDIS_URL`` for broker and results (the API's config)."""
-    app = Celery("cxr", include=["workers.tasks"])
+    app = Celery("cxr", include=["workers.tasks"], amqp=QuietAMQP)
     app.config_from_object(celeryconfig)
     if redis_url is not None:
         app.conf.update(broker_url=redis_url, result_backend=backend_url(redis_url))

@@ -11,6 +11,11 @@ plus one UNSUBSCRIBE per result object when it is garbage-collected.
 So this backend keeps Celery's Redis storage and chord counting unchanged and swaps
 only the waiting half for Celery's synchronous (polling) one: ``AsyncResult.get`` still
 works, by reading the stored result every ``interval`` seconds.
+
+One more change: a full Redis (``maxmemory`` with ``noeviction``: OOM, a ResponseError)
+is retried like a lost connection (``result_backend_always_retry``), since it passes
+once Redis has room; Celery's Redis backend retries connection errors only, and a task
+whose result could not be stored left its chord waiting for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from celery.backends.base import SyncBackendMixin
 from celery.backends.redis import RedisBackend
+from redis.exceptions import OutOfMemoryError
 
 
 def backend_url(redis_url: str) -> str:
@@ -34,6 +40,9 @@ class QuietRedisBackend(RedisBackend):
     @property
     def is_async(self) -> bool:
         return False
+
+    def exception_safe_to_retry(self, exc: Exception) -> bool:
+        return isinstance(exc, OutOfMemoryError) or bool(super().exception_safe_to_retry(exc))
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None

@@ -1,4 +1,12 @@
-"""Waking the API when a single-inference task has ended (a Redis list, no pub/sub).
+"""A single inference's answer, and waking the API when it is there (Redis, no pub/sub).
+
+The answer (findings, patient metadata, base64 images) does not travel as the task's
+Celery result: results are what Flower shows and serves (``/api/task/result``) and
+what stays in Redis for ``result_expires``. The worker stores it under
+``cxr:single:<task_id>:outcome`` (``store_outcome``, expiring after ``OUTCOME_TTL_S``)
+and the task returns only its id and status; the API takes it once (``take_outcome``:
+read and deleted together), so the patient's data stays in Redis only from the end of
+the task until the API has read it.
 
 ``POST /single_inference`` waits for one task. Polling its stored result costs up to one
 polling interval of latency per request; subscribing to the result channel is what
@@ -12,11 +20,16 @@ marker nobody waits for (the API gave up) does not linger. No Celery, no TensorF
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 DONE_KEY = "cxr:single:{task_id}:done"
 #: How long an unread marker lives (longer than any single-inference wait).
 DONE_TTL_S = 900
+OUTCOME_KEY = "cxr:single:{task_id}:outcome"
+#: How long an answer nobody took lives: the API reads it within a second of the task's
+#: end, and a request it gave up on (``CXR_SINGLE_WAIT_S``) has no one to read it.
+OUTCOME_TTL_S = 300
 
 
 def done_key(task_id: str) -> str:
@@ -35,3 +48,21 @@ def notify_done(client: Any, task_id: str) -> None:
 def wait_done(client: Any, task_id: str, timeout_s: float) -> bool:
     """API side: block up to ``timeout_s`` (at least 1 ms) for the marker; True if it came."""
     return client.blpop([done_key(task_id)], timeout=max(timeout_s, 0.001)) is not None
+
+
+def store_outcome(client: Any, task_id: str, outcome: dict[str, Any]) -> None:
+    """Worker side: the answer of ``task_id``, for the API to take once."""
+    client.set(OUTCOME_KEY.format(task_id=task_id), json.dumps(outcome, ensure_ascii=False), ex=OUTCOME_TTL_S)
+
+
+def take_outcome(client: Any, task_id: str) -> dict[str, Any] | None:
+    """API side: the answer, deleted as it is read; None if there is none (expired, never written).
+
+    A plain pipeline, not MULTI/EXEC: a full Redis refuses every command of a transaction,
+    and GET and DEL are what it still accepts (the answer is the API's alone to read).
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.get(OUTCOME_KEY.format(task_id=task_id))
+    pipe.delete(OUTCOME_KEY.format(task_id=task_id))
+    raw, _ = pipe.execute()
+    return dict(json.loads(raw)) if raw else None

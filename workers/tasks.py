@@ -7,6 +7,9 @@ Like a web view, each task unpacks its arguments, calls plain functions
   a file problem: a refused or failed file becomes a skip record, so the chord callback
   always runs. Its soft time limit becomes a ``timeout`` skip. Only a transient Redis
   failure (recording the result) raises, and is retried with exponential backoff.
+  A full Redis (``maxmemory``, ``noeviction``: OOM) is waited out in the task instead
+  (``while_redis_full``): a Celery retry would have to publish a new message, which a
+  full Redis refuses, and Celery then drops the file's message.
   What to do with a delivery is decided by ``engine.delivery.decide_delivery`` (a plain
   function of the job store): a file recorded by an earlier delivery is not processed
   again; a file of a finished or unknown job is not processed at all; and a file whose
@@ -33,16 +36,20 @@ logged, so the refusal is a ``SystemExit``, which Celery does not catch.)
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
+from redis.exceptions import OutOfMemoryError
 
 import celeryconfig
 from engine.delivery import decide_delivery
@@ -59,7 +66,7 @@ from workers import gpu, memory
 from workers.app import worker_app
 from workers.canvas import header_task_id
 from workers.finalize import TaskOutcome, finalize_job
-from workers.single import notify_done
+from workers.single import notify_done, store_outcome
 from workers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,38 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 register_interrupt(SoftTimeLimitExceeded)  # a slow file is a timeout, not a decode error
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+T = TypeVar("T")
+#: First and longest pause between two tries while Redis is full.
+FULL_PAUSE_S, FULL_PAUSE_MAX_S = 0.2, 2.0
+
+
+def waits_while_redis_full(task: Callable[..., T]) -> Callable[..., T]:
+    """A task body run by ``while_redis_full`` (for a body that is idempotent as a whole)."""
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> T:
+        return while_redis_full(f"{task.__name__} {kwargs.get('job_id', '')}".strip(), lambda: task(*args, **kwargs))
+
+    return run
+
+
+def while_redis_full(what: str, call: Callable[[], T]) -> T:
+    """``call()``, tried again (backoff to ``FULL_PAUSE_MAX_S``) for as long as Redis is full.
+
+    A full Redis refuses writes (OOM) until someone makes room; the job store's writes
+    are idempotent (``engine.jobstore``), so trying again is safe. The task's soft time
+    limit bounds the wait: it interrupts the pause like any other work.
+    """
+    pause, warned = FULL_PAUSE_S, False
+    while True:
+        try:
+            return call()
+        except OutOfMemoryError:
+            if not warned:
+                log.warning("%s: Redis is full (maxmemory); trying again until it has room", what)
+                warned = True
+            time.sleep(pause)
+            pause = min(pause * 2, FULL_PAUSE_MAX_S)
 
 
 def predictor() -> Predictor:
@@ -191,14 +230,17 @@ def _stop_watchdog(**_: Any) -> None:
     max_retries=5,
 )
 def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
-    delivery = decide_delivery(
-        job_store(),
-        job_id,
-        index,
-        path=path,
-        retries=int(self.request.retries or 0),
-        max_deliveries=settings().max_deliveries,
-        worker=self.request.hostname,
+    delivery = while_redis_full(
+        f"file {index} of job {job_id}",
+        lambda: decide_delivery(
+            job_store(),
+            job_id,
+            index,
+            path=path,
+            retries=int(self.request.retries or 0),
+            max_deliveries=settings().max_deliveries,
+            worker=self.request.hostname,
+        ),
     )
     if delivery.action == "ignore":
         log.warning("file %d of job %s not processed: the job is %s", index, job_id, delivery.job_state)
@@ -235,7 +277,10 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
     record.update(index=index, worker=self.request.hostname)
     if deaths:
         record["deliveries"] = deaths + 1
-    if job_store().record_file(job_id, index, record) is None:
+    if (
+        while_redis_full(f"file {index} of job {job_id}", lambda: job_store().record_file(job_id, index, record))
+        is None
+    ):
         log.warning("file %d of job %s: the job finished while the file was processed; not recorded", index, job_id)
     return {"index": index, "status": record["status"]}
 
@@ -246,9 +291,19 @@ def infer_single(
 ) -> dict[str, Any]:
     """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
 
+    The answer goes to the API through ``workers.single.store_outcome``; the task's own
+    result (what Flower shows and the result backend keeps) is its id and status only.
     Not redelivered when its process dies (no delivery cap here): the client waiting on
     it gets a 500 at once instead of a file that may kill worker after worker.
     """
+    outcome = _single_outcome(path, output, patient_id, request_id, self.request.hostname)
+    while_redis_full(f"single inference {request_id}", lambda: store_outcome(job_store().client, request_id, outcome))
+    return {"request_id": request_id, "status": outcome["status"]}
+
+
+def _single_outcome(
+    path: str, output: str | None, patient_id: str | None, request_id: str, hostname: str
+) -> dict[str, Any]:
     try:
         if output is not None:
             record = process_file(
@@ -294,7 +349,7 @@ def infer_single(
     except SoftTimeLimitExceeded:
         return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
     data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
-    return {"path": path, "status": "processed", "worker": self.request.hostname, "data": data}
+    return {"path": path, "status": "processed", "worker": hostname, "data": data}
 
 
 @signals.task_postrun.connect
@@ -305,6 +360,7 @@ def _single_done(sender: Any = None, task_id: str | None = None, **_: Any) -> No
 
 
 @app.task(name="cxr.finalize_job", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=10)
+@waits_while_redis_full  # finalising is idempotent (workers.finalize): tried whole again
 def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[str, Any]:
     summary = finalize_job(
         job_id,

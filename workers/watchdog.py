@@ -168,6 +168,7 @@ class Watchdog:
         self.name = name
         self.data_roots = data_roots
         self._stop = threading.Event()
+        self._full = False
         self._thread = threading.Thread(target=self._run, name="cxr-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -193,6 +194,12 @@ class Watchdog:
                 )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("watchdog: Redis unreachable (%s); next sweep in %g s", type(exc).__name__, self.interval_s)
+            except redis.exceptions.OutOfMemoryError:
+                if not self._full:  # once per episode, not once a sweep
+                    log.warning("watchdog: Redis is full (maxmemory); sweeping again once it has room")
+                self._full = True
+                continue
             except Exception:
                 # The thread must outlive one bad sweep; the traceback goes to the worker's log.
                 log.exception("watchdog: sweep failed; next sweep in %g s", self.interval_s)
+            self._full = False

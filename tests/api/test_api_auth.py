@@ -152,6 +152,25 @@ def test_cli_issues_a_working_token_and_revokes_it(client: Any) -> None:
     assert response.get_json()["Message"] == "Invalid token"
 
 
+def test_cli_issues_admin_tokens_only_when_asked(client: Any, redis_client: Any) -> None:
+    """``--admin`` adds the claim that reads every job; a plain token reads its own jobs only."""
+    from engine.jobstore import JobStore
+
+    plain, admin = _cli("issue", "--subject", "ris-a"), _cli("issue", "--subject", "ops", "--admin")
+    assert plain.returncode == 0 and admin.returncode == 0, plain.stderr + admin.stderr
+    plain_token, admin_token = plain.stdout.strip(), admin.stdout.strip()
+    assert jwt.decode(admin_token, SECRET, algorithms=["HS256"])["admin"] is True
+    assert "admin" not in jwt.decode(plain_token, SECRET, algorithms=["HS256"])
+    job_id = uuid.uuid4().hex
+    store = JobStore(redis_client, ttl_s=60)
+    store.create(job_id, paths=["/in/a.dcm"], input_path="/in", output_path="/out", layout="patient", owner="ris-b")
+    try:
+        assert client.get(f"/jobs/{job_id}", headers={"Authorization": plain_token}).status_code == 404
+        assert client.get(f"/jobs/{job_id}", headers={"Authorization": admin_token}).status_code == 200
+    finally:
+        store.finish(job_id, {"job_id": job_id, "status": "failed", "total": 1})
+
+
 def test_revoking_by_token_expires_the_deny_entry_with_the_token(app: Any, redis_client: Any) -> None:
     from api.auth import REVOKED_KEY, issue_token, revoke
 

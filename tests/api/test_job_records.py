@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import jwt
 import pytest
 import redis
 
@@ -137,3 +138,51 @@ def test_a_finished_or_vanished_job_takes_no_more_file_records(store: JobStore) 
     assert progress is not None and (progress.status, progress.processed) == ("failed", 0)
     assert store.record_file("gone", 0, _record("processed")) is None
     assert store.client.keys("cxr:job:gone*") == []
+
+
+def test_a_job_is_shown_to_its_owner_and_to_admins_only(tmp_path: Any) -> None:
+    """Any valid token used to read any job by id. A job now records the subject of the
+    token that sent it; another subject gets the 404 of an unknown id (same message: the
+    answer does not tell that the job exists), an admin token (``--admin``) reads it."""
+    from api import create_app
+    from api.auth import ADMIN_CLAIM, issue_token
+    from demo.phantom_dicom import write_phantoms
+    from tests.support.service import SECRET
+
+    write_phantoms(tmp_path / "in", 2, seed=31, size=64)
+    app = create_app({"REDIS_URL": IDLE_DB_URL, "CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(tmp_path)})
+    client = redis.Redis.from_url(IDLE_DB_URL)
+    client.flushdb()
+    try:
+        owner, other = issue_token(app, "ris-a"), issue_token(app, "ris-b")
+        admin = issue_token(app, "ops", admin=True)
+        assert jwt.decode(admin, SECRET, algorithms=["HS256"])[ADMIN_CLAIM] is True
+        assert ADMIN_CLAIM not in jwt.decode(owner, SECRET, algorithms=["HS256"])
+        api = app.test_client()
+        sent = api.post(
+            "/bulk_inference",
+            headers={"Authorization": owner},
+            json={
+                "input_folder_path": str(tmp_path / "in"),
+                "output_folder_path": str(tmp_path / "out"),
+                "wait": False,
+            },
+        )
+        assert sent.status_code == 202, sent.get_json()
+        job_id, status_url = sent.get_json()["Data"]["job_id"], sent.get_json()["Data"]["status_url"]
+        assert client.hget(JOB_KEY.format(job_id=job_id), "owner") == b"ris-a"
+
+        def answer(token: str, url: str = status_url) -> tuple[int, Any]:
+            response = api.get(url, headers={"Authorization": token})
+            return response.status_code, response.get_json()
+
+        assert answer(owner)[0] == 200 and answer(owner)[1]["Data"]["job_id"] == job_id
+        assert answer(admin)[0] == 200
+        refused, unknown = answer(other), answer(other, "/jobs/" + "0" * 32)
+        assert refused == (404, {"Result": "Failure", "Data": None, "Message": f"Job not found: {job_id}"})
+        assert unknown[0] == 404 and unknown[1]["Message"] == "Job not found: " + "0" * 32
+        # A record without an owner (written by an older API): admins only.
+        client.hdel(JOB_KEY.format(job_id=job_id), "owner")
+        assert answer(owner)[0] == 404 and answer(admin)[0] == 200
+    finally:
+        client.flushdb()

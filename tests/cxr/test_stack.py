@@ -4,8 +4,10 @@ The launcher is run as a user would: its banner is read from stdout, the curl li
 prints is executed as printed, Flower is asked with and without the printed password
 (and with wrong ones, on its UI and API), after SIGTERM nothing it started may still
 run or listen, and no log it wrote holds the JWT secret, a token, the Flower password
-or a demo patient's name. Redis DB 13 is this
-test's own (the service tests use 12 and 14) and is flushed at the end.
+or a demo patient's name. The stack runs on the private Redis that ``make run`` starts
+when none is configured (``CXR_RUN_PRIVATE_REDIS=1``: even if one answers on 6379), which
+must refuse clients without the password generated for the run, listen on 127.0.0.1
+only, and have that password in no printed line, log or command line (issue 15, item 2).
 """
 
 from __future__ import annotations
@@ -25,18 +27,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pydicom
 import pytest
 import redis
 
-from cxr.stack import StackError, flower_auth
-from tests.support.service import redis_db_url
+from cxr.stack import StackError, flower_auth, masked_url
 
 pytestmark = pytest.mark.service  # starts its own worker, API or Redis processes
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = redis_db_url("stack")
 BANNER_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 40.0
 
@@ -60,6 +61,18 @@ def http_status(url: str, auth: str | None = None) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def flower_json(url: str, auth: str) -> dict[str, dict[str, object]]:
+    """Flower's JSON API, with basic auth; waits up to 10 s for it to have heard of tasks."""
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            found: dict[str, dict[str, object]] = json.loads(resp.read())
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def refuses(port: int) -> bool:
@@ -136,10 +149,12 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             "FLOWER_BASIC_AUTH",
             "CXR_HOST",
             "CXR_VAR_DIR",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
         )
     }
     env.update(
-        REDIS_URL=REDIS_URL,
+        CXR_RUN_PRIVATE_REDIS="1",
         CXR_PORT=str(api_port),
         FLOWER_PORT=str(flower_port),
         CXR_WORKER_CONCURRENCY="1",
@@ -226,6 +241,42 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             f"step 3 (flower): printed credentials refused{diagnostics()}"
         )
 
+        # 3b. The private Redis: a password made for this run, loopback only, printed nowhere.
+        shown = re.search(r"Redis:\s+redis://(?:[^@\s]*@)?127\.0\.0\.1:(\d+)/0 \(private", text)
+        assert shown, f"step 3b (redis): no private Redis in the banner\n{text}"
+        with pytest.raises(redis.AuthenticationError):  # NOAUTH: the workers' queue is not open to any local user
+            redis.Redis(host="127.0.0.1", port=int(shown.group(1)), socket_timeout=5).ping()
+        url_file = tmp_path / "run" / "redis-url"
+        assert url_file.stat().st_mode & 0o777 == 0o600, "step 3b (redis): redis-url is not 0600"
+        redis_url = url_file.read_text().strip()
+        parts = urlsplit(redis_url)
+        redis_password, redis_port = parts.password or "", int(parts.port or 0)
+        marks.append(f"127.0.0.1:{redis_port}")
+        assert len(redis_password) >= 24 and parts.hostname == "127.0.0.1", f"step 3b (redis): {masked_url(redis_url)}"
+        assert redis_port == int(shown.group(1))
+        private = redis.Redis.from_url(redis_url, socket_timeout=5)
+        assert private.config_get("bind") == {"bind": "127.0.0.1"}, "step 3b (redis): not on loopback only"
+        private.close()
+        assert f"Redis:   redis://:***@127.0.0.1:{redis_port}/0 (private" in text, f"step 3b (redis):\n{text}"
+        assert redis_password not in text, "step 3b (redis): the banner shows the Redis password"
+        on_command_lines = [cmd for cmd in leftovers([str(tmp_path)]).values() if redis_password in cmd]
+        assert not on_command_lines, f"step 3b (redis): password on a command line: {on_command_lines}"
+        # The banner's token command works as printed (it reads the URL from the file).
+        token_line = next(line for line in banner if line.strip().startswith("Token:"))
+        issued = subprocess.run(
+            ["bash", "-c", token_line.split("Token:", 1)[1].strip()],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert issued.returncode == 0, f"step 3b (token): {issued.stderr}"
+        health = urllib.request.Request(banner_api(text) + "/health", headers={"Authorization": issued.stdout.strip()})
+        with urllib.request.urlopen(health, timeout=30) as resp:
+            assert resp.status == 200, "step 3b (token): the printed token command's token was refused"
+
         # A single inference too: its answer carries the patient's name, which no log may.
         token = next(
             arg.removeprefix("Authorization: ") for arg in shlex.split(curl[0]) if arg.startswith("Authorization: ")
@@ -241,6 +292,19 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             single = json.loads(resp.read())
         assert single["Data"]["metadata"]["patient_name"] == str(pydicom.dcmread(demo_file).PatientName)
 
+        # 3c. What Flower itself serves of those tasks (its task list: arguments, results) names no patient.
+        flower_tasks = flower_json(flower_url + "/api/tasks", f"{user}:{password}")
+        kinds = {t.get("name") for t in flower_tasks.values()}
+        assert {"cxr.infer_file", "cxr.infer_single"} <= kinds, f"step 3c (flower): tasks seen {kinds}"
+        listed = json.dumps(flower_tasks)
+        demo_names = {str(pydicom.dcmread(f).PatientName) for f in (tmp_path / "demo-input").glob("*.dcm")}
+        shown = [
+            value
+            for value in [str(tmp_path / "demo-input"), "iVBORw0KGgo", "JVBERi0", *demo_names]
+            if value and value in listed
+        ]
+        assert not shown, f"step 3c (flower): Flower's task list shows {shown}"
+
         # 4. SIGTERM: the launcher stops everything and exits 0.
         proc.send_signal(signal.SIGTERM)
         try:
@@ -252,6 +316,7 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         assert code == 0, f"step 4 (stop): exit status {code}{diagnostics()}"
         assert refuses(api_port), f"step 4 (stop): API port {api_port} still accepts connections"
         assert refuses(flower_port), f"step 4 (stop): Flower port {flower_port} still accepts connections"
+        assert refuses(redis_port), f"step 4 (stop): the private Redis on {redis_port} still accepts connections"
         left = leftovers(marks)
         assert not left, f"step 4 (stop): processes left behind: {left}"
 
@@ -269,6 +334,7 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             "token": token,
             "a JWT": "eyJ",
             "Flower password": password,
+            "Redis password": redis_password,
             **{f"patient name {n}": n for n in names | parts},
         }
         leaks = [
@@ -278,6 +344,7 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             if value in log_text
         ]
         assert not leaks, f"step 5 (logs): {leaks}"
+        assert redis_password not in stderr_path.read_text(), "step 5 (logs): the launcher logged the Redis password"
         print(f"stack test: {time.monotonic() - started:.1f} s")
     finally:
         if proc.poll() is None:
@@ -288,6 +355,3 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        client = redis.Redis.from_url(REDIS_URL)
-        client.flushdb()
-        client.close()

@@ -1,4 +1,4 @@
-"""Broker faults: Redis down, restarted (with and without its data), messages lost.
+"""Broker faults: Redis down, restarted (with and without its data), full, messages lost.
 
 The module runs its own ``redis-server`` on a free port (it must stop and restart it;
 the shared test server is never touched), with the append-only file on as in
@@ -30,8 +30,13 @@ from tests.support.service import (
 
 pytestmark = pytest.mark.service  # starts its own worker, API or Redis processes
 
-WORKER_SETTINGS = {"CXR_VISIBILITY_TIMEOUT_S": "5", "CXR_STALL_GRACE_S": "3", "CXR_WATCHDOG_INTERVAL_S": "1"}
+WORKER_SETTINGS = {
+    "CXR_VISIBILITY_TIMEOUT_S": "5",
+    "CXR_STALL_GRACE_S": "3",
+    "CXR_WATCHDOG_INTERVAL_S": "1",
+}
 BROKER_DOWN = "Message broker unreachable; try again later"
+BROKER_FULL = "Message broker is full; try again later"
 log = logging.getLogger(__name__)
 
 
@@ -258,3 +263,99 @@ def test_a_job_whose_tasks_cannot_be_sent_is_failed_at_once(inputs: Path, root: 
         assert store.active_jobs() == []
     finally:
         store.client.flushdb()
+
+
+def test_a_full_redis_is_a_503_the_worker_lives_and_the_job_completes_once_there_is_room(
+    server: PrivateRedis, api: Any, auth: dict[str, str], worker: WorkerProcess, inputs: Path, root: Path
+) -> None:
+    """``maxmemory`` reached with ``noeviction`` (the compose file's policy): every write is
+    refused with OOM. The API answers 503 (bulk, single, /health, a bad token: it was 500),
+    reads still answer, the worker's main process lives (it died with "Unrecoverable error:
+    OutOfMemoryError"), and once Redis has room the job completes, every file once."""
+    out = root / "full"
+    job_id, status_url = _submit(api, auth, inputs, out)
+    _wait_recorded(server.url, job_id, 3)
+    admin = redis.Redis.from_url(server.url, decode_responses=True)
+    assert admin.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    client = api.test_client()
+    image = str(next(inputs.glob("*.dcm")))
+    requests = [
+        ("get", "/health", None, auth),
+        ("post", "/bulk_inference", {"input_folder_path": str(inputs), "output_folder_path": str(root / "o")}, auth),
+        ("post", "/single_inference", {"input_image_path": image, "save_to_disk": False}, auth),
+        ("get", "/jobs/0123456789abcdef", None, {"Authorization": "not-a-token"}),
+    ]
+    admin.config_set("maxmemory", "1")  # far below what is used: Redis is full
+    try:
+        for method, url, body, headers in requests:
+            response = getattr(client, method)(url, headers=headers, json=body)
+            assert response.status_code == 503, (url, response.get_json())
+            assert response.get_json() == {"Result": "Failure", "Data": None, "Message": BROKER_FULL}, url
+        progress = client.get(status_url, headers=auth)
+        assert progress.status_code == 200 and progress.get_json()["Data"]["status"] == "running"
+        time.sleep(4.0)  # the worker meets the full Redis: the file in hand, its sweeps, the watchdog
+        assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
+        during = _recorded(server.url, job_id)
+    finally:
+        admin.config_set("maxmemory", "0")
+    room = time.monotonic()
+    _wait_recorded(server.url, job_id, during + 1, timeout=30)  # the file that waited for room
+    resumed_s = time.monotonic() - room
+    summary = wait_for_job(client, auth, status_url, timeout=60)["Data"]
+    finished_s = time.monotonic() - room
+    log.info(
+        "Redis full for 4 s at %d recorded files: next file recorded %.1f s and job completed %.1f s after room",
+        during,
+        resumed_s,
+        finished_s,
+    )
+    assert summary["status"] == "completed" and summary["processed"] == 24, summary
+    assert_published_once(out, summary, sorted(inputs.glob("*.dcm")), job_id)
+    assert worker.proc.poll() is None
+    text = worker.log.read_text()
+    assert "Redis is full" in text and "Unrecoverable error" not in text
+    assert resumed_s < 10, f"the worker took {resumed_s:.1f} s to resume (pauses are 2 s at most)"
+
+
+def test_the_broker_transport_takes_acknowledges_and_requeues_messages_on_a_full_redis(server: PrivateRedis) -> None:
+    """kombu's own Redis transport acknowledges inside MULTI/EXEC, which a full Redis refuses
+    even for HDEL and ZREM: the acknowledgement raised OutOfMemoryError in the worker's main
+    process. ``workers.broker``'s transport acknowledges, takes and requeues without dying."""
+    from kombu import Connection, Exchange, Queue
+
+    from workers.broker import TRANSPORT
+
+    url = server.url.rsplit("/", 1)[0] + "/1"  # the worker of this module listens on database 0
+    admin = redis.Redis.from_url(url)
+    admin.flushdb()
+    queue = Queue("full-test", Exchange("full-test"), "full-test")
+
+    def publish(conn: Any, n: int) -> None:
+        conn.Producer().publish({"n": n}, exchange=queue.exchange, routing_key="full-test", declare=[queue])
+
+    try:
+        with Connection(url) as stock, Connection(url, transport=TRANSPORT) as ours:
+            for n in range(4):
+                publish(ours, n)
+            stock_queue, our_queue = queue(stock.channel()), queue(ours.channel())
+            held_by_stock = stock_queue.get(no_ack=False)
+            acked, requeued = our_queue.get(no_ack=False), our_queue.get(no_ack=False)
+            assert admin.hlen("unacked") == 3
+            admin.config_set("maxmemory", "1")
+            try:
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    held_by_stock.ack()  # the cause of the worker's death
+                acked.ack()
+                taken_while_full = our_queue.get(no_ack=False)  # not recorded in Redis: kept in memory
+                assert taken_while_full is not None and taken_while_full.payload == {"n": 3}
+                taken_while_full.ack()
+                requeued.reject(requeue=True)  # refused: stays unacknowledged, for the sweep
+            finally:
+                admin.config_set("maxmemory", "0")
+            assert admin.llen("full-test") == 0
+            assert sorted(admin.hkeys("unacked")) == sorted(
+                [held_by_stock.delivery_tag.encode(), requeued.delivery_tag.encode()]
+            )
+            assert admin.zcard("unacked_index") == 2
+    finally:
+        admin.flushdb()

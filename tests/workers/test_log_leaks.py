@@ -10,20 +10,28 @@ every log (gunicorn's access log, the API log, the worker log) is searched.
 
 Patient *ids* may appear: they name the output folders, and logs carry paths. Names
 never may.
+
+What Flower shows is checked the way Flower gets it: an event receiver on the broker
+(task-sent, task-received, task-succeeded... with their arguments and results) for the
+whole test, and the task results stored in Redis (Flower's ``/api/task/result``). Those
+carry no patient name, patient id, path and no base64 image (issue 15, item 9).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jwt
 
 from api.ratelimit import KEY_PREFIX, TOO_MANY_FAILURES
-from tests.support.live import PATIENT_NAME, PATIENT_NAME_PARTS, LiveService
+from tests.support.live import PATIENT_ID, PATIENT_NAME, PATIENT_NAME_PARTS, LiveService
 
 #: The live service runs with the default limit (CXR_AUTH_FAIL_LIMIT unset).
 DEFAULT_LIMIT = 20
@@ -46,7 +54,37 @@ def call(
         return exc.code, json.loads(exc.read()), dict(exc.headers)
 
 
+@contextmanager
+def event_tap(redis_url: str) -> Iterator[list[dict[str, Any]]]:
+    """Every Celery event on the live service's broker, as Flower's event consumer receives them."""
+    from workers.app import create_celery_app
+
+    app = create_celery_app(redis_url)
+    events: list[dict[str, Any]] = []
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        thread = threading.Thread(target=receiver.capture, kwargs={"limit": None}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not events:  # subscribed once the first event (a worker heartbeat) arrives
+            assert time.monotonic() < deadline, "no Celery event within 20 s"
+            time.sleep(0.1)
+        try:
+            yield events
+        finally:
+            time.sleep(1.0)  # the last task-succeeded events
+            receiver.should_stop = True
+            thread.join(10)
+
+
 def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
+    with event_tap(live.redis_url) as events:
+        job_id, out, tokens = _run_the_service(live)
+    _check_flower_sees_no_patient_data(live, events, out)
+    _check_logs(live, job_id, tokens)
+
+
+def _run_the_service(live: LiveService) -> tuple[str, Any, dict[str, str]]:
     out = live.data / "out-logs"
     status, body, _ = call(
         live,
@@ -84,7 +122,40 @@ def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
     assert int(headers["Retry-After"]) >= 1
     for key in live.redis.scan_iter(match=f"*{KEY_PREFIX}*"):
         live.redis.delete(key)  # lift the lock-out: the load test comes from the same address
+    return job_id, out, {"expired token": expired, "forged token": forged}
 
+
+def _check_flower_sees_no_patient_data(live: LiveService, events: list[dict[str, Any]], out: Any) -> None:
+    seen = {(e.get("type"), e.get("name")) for e in events}
+    for name in ("cxr.infer_file", "cxr.infer_single", "cxr.finalize_job"):
+        assert ("task-sent", name) in seen, (name, sorted(map(str, seen)))  # the check below is not vacuous
+    kwargs = [e["kwargs"] for e in events if e.get("type") == "task-received" and e.get("name") == "cxr.infer_file"]
+    assert kwargs and all("'job_id'" in k and "'index'" in k for k in kwargs), kwargs
+    succeeded = [e for e in events if e.get("type") == "task-succeeded"]
+    assert len(succeeded) >= len(list(live.inputs.glob("*.dcm"))) + 2
+    results = {key: live.redis.get(key) or "" for key in live.redis.scan_iter(match="celery-task-meta-*", count=1000)}
+    assert results, "no stored task result to check"
+    forbidden = {
+        "patient name": PATIENT_NAME,
+        "patient id": PATIENT_ID,
+        "input folder": str(live.inputs),
+        "output folder": str(out),
+        "a base64 PNG": "iVBORw0KGgo",
+        "a base64 PDF": "JVBERi0",
+        **{f"patient name part {part}": part for part in PATIENT_NAME_PARTS},
+    }
+    where = {
+        **{f"event {e.get('type')} {e.get('name', '')}": json.dumps(e, default=str) for e in events},
+        **{f"stored result {k}": v for k, v in results.items()},
+    }
+    leaks = sorted(
+        {f"{what} in {w}" for w, text in where.items() for what, value in forbidden.items() if value in text}
+    )
+    assert not leaks, leaks[:10]
+
+
+def _check_logs(live: LiveService, job_id: str, tokens: dict[str, str]) -> None:
+    expired, forged = tokens["expired token"], tokens["forged token"]
     time.sleep(0.5)  # the worker's last lines
     logs = live.log_files()
     assert set(logs) == {"access.log", "api.log", "worker.log"}

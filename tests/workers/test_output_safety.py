@@ -30,6 +30,7 @@ import pytest
 
 from tests.support.service import WorkerProcess, wait_for_job
 from workers.canvas import send_single
+from workers.single import take_outcome
 
 QUEUES = ("inference", "celery")
 
@@ -155,7 +156,9 @@ def test_links_swapped_in_at_each_step_are_never_followed(
     for path, output in ((base / "in3" / "c.dcm", outside / "o4"), (secret, base / "out4")):
         task_id = f"single-{uuid.uuid4().hex}"
         send_single(celery, request_id=task_id, path=str(path), output=str(output), patient_id=None, expires_s=60)
-        result = celery.AsyncResult(task_id).get(timeout=60)
+        celery.AsyncResult(task_id).get(timeout=60)  # the Celery result holds status and ids only
+        result = take_outcome(app.extensions["cxr_jobs"].client, task_id)
+        assert result is not None
         assert result["status"] == "skipped" and result["reason"] == "outside_data_roots", result
         assert "outside this worker's data roots" in result["detail"]
     assert list((outside / "o4").iterdir()) == [] and not (base / "out4").exists()
