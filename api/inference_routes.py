@@ -60,6 +60,7 @@ def single_inference() -> Any:
     image = server_path("input_image_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots) if save else None
     patient_id = patient_id_field(body)
+    dicom_outputs = boolean_field(body, "dicom_outputs", False)
     if not path_exists(image):
         raise ApiError(400, f"Input image path does not exist: {raw_input}")
     # The extension rule applies to the name the client sent, not to a symlink's target.
@@ -78,6 +79,7 @@ def single_inference() -> Any:
         output=str(output) if output else None,
         patient_id=patient_id,
         expires_s=wait_s,
+        dicom_outputs=dicom_outputs,
     )
     outcome = _wait_for_task(celery, task_id, wait_s)
     if outcome is None:
@@ -135,6 +137,7 @@ def bulk_inference() -> Any:
     raw_output = require(body, "output_folder_path", "output_folder_path is required in the request")
     wait = boolean_field(body, "wait", True)
     layout = layout_field(body)
+    dicom_outputs = boolean_field(body, "dicom_outputs", False)
     roots = current_app.config["DATA_ROOTS"]
     folder = server_path("input_folder_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots)
@@ -157,7 +160,7 @@ def bulk_inference() -> Any:
     celery = current_app.extensions["cxr_celery"]
     try:
         if found.files:
-            send_bulk_job(celery, job_id, found.files, str(output), layout)
+            send_bulk_job(celery, job_id, found.files, str(output), layout, dicom_outputs=dicom_outputs)
         else:
             send_finalize(celery, job_id)
     except BROKER_ERRORS:

@@ -122,7 +122,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     options = ReadOptions.from_env()  # once per run, not once per file
     records: list[dict[str, Any]] = []
     for path in tqdm(files, unit="file", disable=args.quiet):
-        records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout, options=options))
+        records.append(
+            process_file(
+                path,
+                out,
+                predictor,
+                job_id=job_id,
+                layout=args.layout,
+                options=options,
+                dicom_outputs=args.dicom_outputs,
+            )
+        )
     folders = [r["folder"] for r in records if r["status"] == "processed"]
     summary = summarise(records, job_id=job_id, total=len(files), owners=folder_owners(out, folders))
     write_summary_file(summary_path(out, job_id), summary)
@@ -208,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("patient", "instance"), default="patient")
     p.add_argument("--model", help="bundle folder (default: CXR_MODEL_DIR or the demo bundle)")
     p.add_argument("--job-id", help="job id to record (default: random)")
+    p.add_argument(
+        "--dicom-outputs",
+        action="store_true",
+        help="also write <pid>_sc.dcm, <pid>_sr.dcm and <pid>_report_pdf.dcm (heatmap SC, TID 1500 SR, PDF)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
 

@@ -50,6 +50,7 @@ from inference.bundle import read_bundle
 from inference.dicom_read import ReadOptions
 from inference.errors import CxrError, register_interrupt
 from inference.predict import Predictor, configure_tensorflow
+from reports.dicom_outputs import DICOM_SUFFIXES
 from reports.pdf_fonts import prepare_fonts
 from workers import gpu, memory
 from workers.app import worker_app
@@ -177,7 +178,9 @@ def _stop_watchdog(**_: Any) -> None:
     retry_jitter=True,
     max_retries=5,
 )
-def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
+def infer_file(
+    self: Any, *, job_id: str, index: int, path: str, output: str, layout: str, dicom_outputs: bool = False
+) -> dict[str, Any]:
     delivery = decide_delivery(
         job_store(),
         job_id,
@@ -210,6 +213,7 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
             layout=layout,
             options=read_options(),
             data_roots=settings().data_roots,
+            dicom_outputs=dicom_outputs,
         )
     except SoftTimeLimitExceeded:
         record = {
@@ -229,9 +233,16 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
 
 @app.task(name="cxr.infer_single", bind=True, acks_late=True, reject_on_worker_lost=False)
 def infer_single(
-    self: Any, *, path: str, output: str | None, patient_id: str | None, request_id: str
+    self: Any,
+    *,
+    path: str,
+    output: str | None,
+    patient_id: str | None,
+    request_id: str,
+    dicom_outputs: bool = False,
 ) -> dict[str, Any]:
-    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
+    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64
+    (with ``dicom_outputs``, the three DICOM objects too, under their kinds).
 
     Not redelivered when its process dies (no delivery cap here): the client waiting on
     it gets a 500 at once instead of a file that may kill worker after worker.
@@ -248,6 +259,7 @@ def infer_single(
                 patient_id_override=patient_id,
                 include_document=True,
                 data_roots=settings().data_roots,
+                dicom_outputs=dicom_outputs,
             )
             if record["status"] != "processed":
                 return record
@@ -262,6 +274,7 @@ def infer_single(
                 # which stays; the paths above are that image's artifacts (API.md "Output layout").
                 "published": record["published"],
             }
+            images.update({kind: outputs[kind] for kind in DICOM_SUFFIXES if kind in outputs})
         else:
             art = analyse_file(
                 Path(path),
@@ -270,11 +283,13 @@ def infer_single(
                 options=read_options(),
                 patient_id_override=patient_id,
                 data_roots=settings().data_roots,
+                dicom_outputs=dicom_outputs,
             )
             doc = art.document
             images = {
                 kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
-                for kind in ("source_image", "heatmap", "report")
+                for kind in ("source_image", "heatmap", "report", *DICOM_SUFFIXES)
+                if kind in art.kinds
             }
     except CxrError as exc:
         return {"path": path, "status": "skipped", "reason": exc.reason, "detail": exc.detail}

@@ -305,3 +305,41 @@ def test_rank_rule_and_summaries_hold_across_jobs(tmp_path, predictor):
             "kept_job_id": "job-c",
         }
     ]
+
+
+def test_dicom_outputs_join_the_four_artifacts_and_carry_the_same_findings(tmp_path, phantom_dir, predictor):
+    """``dicom_outputs``: three more files in the same folder, published with the other four;
+    the SR's findings are the predictions JSON's, the SC has the source's size."""
+    from reports.dicom_outputs import read_sr_findings
+
+    src = min(phantom_dir.glob("*.dcm"))
+    ds = pydicom.dcmread(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    record = process_file(src, out, predictor, job_id="job-d", layout="instance", dicom_outputs=True)
+    assert record["status"] == "processed" and "dicom_outputs_error" not in record, record
+    folder = out / str(ds.PatientID) / str(ds.SOPInstanceUID)
+    pid = str(ds.PatientID)
+    suffixes = ("predictions.json", "heatmap.png", "source_image.png", "report.pdf", "sc.dcm", "sr.dcm")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*(f"{pid}_{s}" for s in suffixes), f"{pid}_report_pdf.dcm"]
+    )
+    assert record["outputs"]["dicom_sr"] == str(folder / f"{pid}_sr.dcm")
+    doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
+    assert read_sr_findings(pydicom.dcmread(folder / f"{pid}_sr.dcm")) == doc["findings"]
+    sc = pydicom.dcmread(folder / f"{pid}_sc.dcm")
+    assert sc.pixel_array.shape == (ds.Rows, ds.Columns, 3) and sc.StudyInstanceUID == ds.StudyInstanceUID
+    pdf = pydicom.dcmread(folder / f"{pid}_report_pdf.dcm")
+    assert pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength] == (folder / f"{pid}_report.pdf").read_bytes()
+
+
+def test_a_header_without_a_study_uid_keeps_the_four_artifacts(tmp_path, predictor):
+    ds = _write_phantom(tmp_path / "in" / "nostudy.dcm", 0, size=256)
+    del ds.StudyInstanceUID
+    ds.save_as(tmp_path / "in" / "nostudy.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    record = process_file(tmp_path / "in" / "nostudy.dcm", out, predictor, job_id="job-e", dicom_outputs=True)
+    assert record["status"] == "processed", record
+    assert "StudyInstanceUID" in record["dicom_outputs_error"]
+    assert sorted(record["outputs"]) == ["heatmap", "predictions", "report", "source_image"]
