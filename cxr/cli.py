@@ -1,4 +1,4 @@
-"""The ``cxr`` command line: phantoms, train, eval, infer, token.
+"""The ``cxr`` command line: phantoms, train, eval, infer, dicom-node, token.
 
 ``cxr infer PATH OUTPUT`` is the in-process twin of ``POST /bulk_inference``: same
 file discovery (recursive, ``.dcm`` in any case), same per-file rules, same output
@@ -149,6 +149,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dicom_node(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from workers.dicom_node import NodeConfigError, NodeSettings, serve
+
+    try:
+        settings = NodeSettings.from_env()
+    except NodeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("workers.dicom_node").setLevel(logging.INFO)  # one line per association and study
+    overrides = {k: v for k, v in (("ae_title", args.ae_title), ("port", args.port)) if v is not None}
+    return serve(dataclasses.replace(settings, **overrides))
+
+
 def cmd_token_issue(args: argparse.Namespace) -> int:
     from api import create_app
     from api.auth import issue_token
@@ -225,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "dicom-node",
+        help="receive studies by DICOM C-STORE and submit them as jobs (CXR_DICOM_* settings, see docs/pacs.md)",
+    )
+    p.add_argument("--ae-title", help="AE title (default CXR_DICOM_AE_TITLE, CXR_ENGINE)")
+    p.add_argument("--port", type=int, help="port (default CXR_DICOM_PORT, 11112)")
+    p.set_defaults(func=cmd_dicom_node)
 
     token = sub.add_parser("token", help="issue or revoke API tokens (needs CXR_JWT_SECRET and Redis)")
     token_sub = token.add_subparsers(dest="token_command", required=True)
