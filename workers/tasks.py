@@ -13,7 +13,9 @@ Like a web view, each task unpacks its arguments, calls plain functions
   worker process died ``CXR_MAX_DELIVERIES`` times while processing it (the message
   comes back each time, ``task_reject_on_worker_lost``) is skipped as ``worker_lost``.
 * ``cxr.infer_single`` (queue ``inference``): ``POST /single_inference``.
-* ``cxr.finalize_job`` (default queue): the chord callback; writes the job summary.
+* ``cxr.finalize_job`` (default queue): the chord callback; sends the job's DICOM outputs
+  to ``CXR_DICOM_DESTINATION`` when it is set (``workers.dicom_send``), then writes the
+  job summary.
 * ``cxr.chord_failed``: the callback's error hook, called once every file's task has
   ended, when one of them ended without reporting (hard time limit); it finalises the
   job anyway. A killed process no longer ends a task (its message is redelivered).
@@ -55,6 +57,7 @@ from reports.pdf_fonts import prepare_fonts
 from workers import gpu, memory
 from workers.app import worker_app
 from workers.canvas import header_task_id
+from workers.dicom_send import SendSettings, deliver
 from workers.finalize import TaskOutcome, finalize_job
 from workers.single import notify_done
 from workers.watchdog import Watchdog
@@ -314,6 +317,7 @@ def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[
         _outcome_lookup(job_id),
         hard_limit_s=app.conf.task_time_limit,
         data_roots=settings().data_roots,
+        deliver=_dicom_delivery(),
     )
     log.info("job %s finished: %d processed, %d skipped", job_id, summary["processed"], len(summary["skipped"]))
     return {"job_id": job_id, "status": summary["status"]}
@@ -328,6 +332,19 @@ def chord_failed(request: Any, exc: BaseException, traceback: Any, job_id: str) 
     """
     log.warning("job %s: a file's task failed without reporting (%s); finalising anyway", job_id, type(exc).__name__)
     app.signature("cxr.finalize_job", kwargs={"job_id": job_id}).apply_async()
+
+
+def _dicom_delivery() -> Any:
+    """Sending the job's DICOM outputs back (``workers.dicom_send``), when a destination is set.
+
+    Bounded by half the callback's soft time limit, so the summary is always written."""
+    if "send_settings" not in _state:
+        _state["send_settings"] = SendSettings.from_env()
+    send_settings = _state["send_settings"]
+    if send_settings.destination is None:
+        return None
+    budget = float(app.conf.task_soft_time_limit or app.conf.task_time_limit or 300.0) / 2
+    return lambda records: deliver(records, send_settings, budget_s=budget)
 
 
 def _outcome_lookup(job_id: str) -> Any:
