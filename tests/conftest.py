@@ -23,6 +23,7 @@ os.environ.setdefault("CXR_TF_THREADS", "2")
 #: that use it, at their start and end; ``make run`` and a default deployment use 0.
 #: Tests that share a number run one after the other and flush it between them.
 REDIS_DBS: dict[str, int] = {
+    "pacs": 0,  # tests/workers/test_pacs_orthanc.py: a worker that sends its results to Orthanc
     "compose": 4,  # tests/deploy/test_compose.py: the compose start-up test's API and worker
     "gpu": 4,  # tests/workers/test_gpu.py
     "single_wait": 5,  # tests/api/test_single_wait.py

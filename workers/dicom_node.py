@@ -23,6 +23,10 @@ Receiving (pynetdicom):
   answered success, as the bytes the peer sent (no decode, no re-encode). A disk error
   answers 0xA700 (out of resources), a dataset without usable UIDs 0xC000: never
   success. A re-sent SOP Instance UID keeps the first file (one file per instance).
+  The engine's own outputs (Manufacturer "CXR Engine") are answered success and dropped:
+  a PACS that forwards "the whole study" again sends our SC, SR and PDF back with it, and
+  analysing them would only add skips (seen against Orthanc: a re-sent study became a job
+  of 12 files, all our own).
 
 Submitting: a study counts as complete after ``CXR_DICOM_STABLE_S`` (default 30 s)
 without a new instance (the quiet-period heuristic of Orthanc's ``StableAge`` and MONAI's
@@ -70,6 +74,8 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
+
+from reports.dicom_outputs import MANUFACTURER as OWN_MANUFACTURER
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +297,7 @@ class DicomNode:
         self._counts: dict[int, int] = {}
         self._counts_lock = threading.Lock()
         self.stored = 0
+        self.ignored = 0
 
     # --- association and C-STORE handlers (pynetdicom threads) ---
 
@@ -334,10 +341,15 @@ class DicomNode:
         try:
             ds = event.dataset
             study_uid, sop_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
-            data = event.encoded_dataset(include_meta=True)
+            own = str(ds.get("Manufacturer", "")) == OWN_MANUFACTURER
+            data = b"" if own else event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 (a peer's dataset may fail to parse in many ways)
             log.warning("C-STORE refused: the dataset could not be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
+        if own:  # our own SC/SR/PDF, sent back with the study: success, but never analysed again
+            with self._counts_lock:
+                self.ignored += 1
+            return STATUS_SUCCESS
         try:
             new = self.spool.store(study_uid, sop_uid, data)
         except ValueError:
