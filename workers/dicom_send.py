@@ -15,6 +15,10 @@ artifacts on disk are untouched and the job is not failed (its inference succeed
 operator re-sends from the output folder). A success adds ``"dicom_send": {"status":
 "sent", "destination", "instances", "attempts"}``. Each attempt sends every file again:
 their UIDs are deterministic, so a PACS keeps one copy.
+
+``CXR_DICOMWEB_URL`` (a DICOMweb root, e.g. ``http://pacs:8042/dicom-web``) adds a STOW-RS
+of the same files (dicomweb-client), for PACSs that prefer HTTP; its outcome is
+``dicomweb_send``, with the same retries, and a failure also ends in ``dicom_send_error``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class SendSettings:
     calling_ae: str = "CXR_ENGINE"
     retries: int = DEFAULT_RETRIES
     backoff_s: float = DEFAULT_BACKOFF_S
+    dicomweb_url: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.destination is not None or bool(self.dicomweb_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SendSettings:
@@ -63,6 +72,7 @@ class SendSettings:
             calling_ae=env.get("CXR_DICOM_AE_TITLE", "").strip() or "CXR_ENGINE",
             retries=max(0, retries),
             backoff_s=max(0.0, backoff),
+            dicomweb_url=env.get("CXR_DICOMWEB_URL", "").strip().rstrip("/") or None,
         )
 
     @property
@@ -117,6 +127,19 @@ def c_store(files: list[Path], destination: tuple[str, str, int], calling_ae: st
             assoc.abort()
 
 
+def stow_rs(files: list[Path], url: str) -> None:
+    """Store ``files`` with one STOW-RS request (dicomweb-client); raises on any failure,
+    an HTTP error or a ``FailedSOPSequence`` in the answer (a partial failure)."""
+    from dicomweb_client.api import DICOMwebClient
+    from pydicom import dcmread
+
+    client = DICOMwebClient(url=url, timeout=TIMEOUT_S * 3)
+    answer = client.store_instances(datasets=[dcmread(f) for f in files])
+    failed = answer.get("FailedSOPSequence") if answer is not None else None
+    if failed:
+        raise SendError(f"STOW-RS to {url}: {len(failed)} instance(s) refused")
+
+
 Sender = Callable[[list[Path], tuple[str, str, int], str], None]
 
 
@@ -128,35 +151,57 @@ def deliver(
     send: Sender = c_store,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Send the job's DICOM outputs; the keys to add to its summary (module docstring)."""
+    """Send the job's DICOM outputs; the keys to add to its summary (module docstring).
+
+    C-STORE (``dicom_send``) and STOW-RS (``dicomweb_send``) are tried each on its own,
+    with the same retries; a failure of either ends in ``dicom_send_error``."""
     files = output_files(records)
-    if settings.destination is None or not files:
+    if not settings.enabled or not files:
         return {}
-    start, attempt, last = time.monotonic(), 0, ""
+    start = time.monotonic()
+    result: dict[str, Any] = {}
+    errors: list[str] = []
+    targets: list[tuple[str, str, Callable[[], None]]] = []
+    if settings.destination is not None:
+        destination = settings.destination
+        targets.append(("dicom_send", settings.shown, lambda: send(files, destination, settings.calling_ae)))
+    if settings.dicomweb_url:
+        url = settings.dicomweb_url
+        targets.append(("dicomweb_send", url, lambda: stow_rs(files, url)))
+    for key, shown, attempt_once in targets:
+        outcome, error = _with_retries(attempt_once, shown, len(files), settings, start, budget_s, sleep)
+        result[key] = outcome
+        if error:
+            errors.append(error)
+    if errors:
+        result["dicom_send_error"] = "; ".join(errors)
+    return result
+
+
+def _with_retries(
+    attempt_once: Callable[[], None],
+    shown: str,
+    count: int,
+    settings: SendSettings,
+    start: float,
+    budget_s: float,
+    sleep: Callable[[float], None],
+) -> tuple[dict[str, Any], str | None]:
+    attempt, last = 0, ""
     while True:
         attempt += 1
         try:
-            send(files, settings.destination, settings.calling_ae)
-        except Exception as exc:  # noqa: BLE001 (pynetdicom and the network fail in many ways)
+            attempt_once()
+        except Exception as exc:  # noqa: BLE001 (pynetdicom, HTTP and the network fail in many ways)
             last = str(exc) if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}"
-            log.warning("sending %d DICOM object(s), attempt %d: %s", len(files), attempt, last)
+            log.warning("sending %d DICOM object(s) to %s, attempt %d: %s", count, shown, attempt, last)
         else:
-            log.info("%d DICOM object(s) sent to %s (attempt %d)", len(files), settings.shown, attempt)
-            return {
-                "dicom_send": {
-                    "status": "sent",
-                    "destination": settings.shown,
-                    "instances": len(files),
-                    "attempts": attempt,
-                }
-            }
+            log.info("%d DICOM object(s) sent to %s (attempt %d)", count, shown, attempt)
+            return {"status": "sent", "destination": shown, "instances": count, "attempts": attempt}, None
         wait = settings.backoff_s * 2 ** (attempt - 1)
         if attempt > settings.retries or time.monotonic() - start + wait > budget_s:
             break
         sleep(wait)
-    detail = f"{len(files)} DICOM object(s) not sent to {settings.shown} after {attempt} attempt(s): {last}"
+    detail = f"{count} DICOM object(s) not sent to {shown} after {attempt} attempt(s): {last}"
     log.error("%s", detail)
-    return {
-        "dicom_send": {"status": "failed", "destination": settings.shown, "instances": len(files), "attempts": attempt},
-        "dicom_send_error": detail,
-    }
+    return {"status": "failed", "destination": shown, "instances": count, "attempts": attempt}, detail

@@ -335,13 +335,14 @@ def chord_failed(request: Any, exc: BaseException, traceback: Any, job_id: str) 
 
 
 def _dicom_delivery() -> Any:
-    """Sending the job's DICOM outputs back (``workers.dicom_send``), when a destination is set.
+    """Sending the job's DICOM outputs back (``workers.dicom_send``), when a destination
+    (``CXR_DICOM_DESTINATION`` or ``CXR_DICOMWEB_URL``) is set.
 
     Bounded by half the callback's soft time limit, so the summary is always written."""
     if "send_settings" not in _state:
         _state["send_settings"] = SendSettings.from_env()
     send_settings = _state["send_settings"]
-    if send_settings.destination is None:
+    if not send_settings.enabled:
         return None
     budget = float(app.conf.task_soft_time_limit or app.conf.task_time_limit or 300.0) / 2
     return lambda records: deliver(records, send_settings, budget_s=budget)

@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 ORTHANC_BINARIES = ("Orthanc", "/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian orthanc-dicomweb
 
 
 def free_port() -> int:
@@ -42,15 +43,27 @@ def orthanc_binary() -> str:
     )
 
 
+def dicomweb_plugin() -> Path:
+    if not DICOMWEB_PLUGIN.is_file():
+        raise AssertionError(
+            f"Orthanc's DICOMweb plugin is not installed ({DICOMWEB_PLUGIN}): "
+            "run `apt-get install -y orthanc-dicomweb` (.ci/run does it)"
+        )
+    return DICOMWEB_PLUGIN
+
+
 class Orthanc:
     """One Orthanc process; ``start`` and ``stop`` may be called again (same ports and database)."""
 
-    def __init__(self, folder: Path, modalities: dict[str, list[Any]], aet: str = "ORTHANC") -> None:
+    def __init__(
+        self, folder: Path, modalities: dict[str, list[Any]], aet: str = "ORTHANC", *, dicomweb: bool = False
+    ) -> None:
         self.binary = orthanc_binary()
         self.folder = folder
         self.aet = aet
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb_url = f"{self.url}/dicom-web"
         self.config = folder / "orthanc.json"
         self.log = folder / "orthanc.log"
         config = {
@@ -66,7 +79,8 @@ class Orthanc:
             "DicomAlwaysAllowStore": False,
             "DicomCheckModalityHost": True,
             "DicomModalities": modalities,
-            "Plugins": [],
+            "Plugins": [str(dicomweb_plugin())] if dicomweb else [],
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
             "StableAge": 60,  # the engine decides on its own quiet period; Orthanc routes nothing itself
             "OverwriteInstances": False,
         }
@@ -118,8 +132,8 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(folder: Path, modalities: dict[str, list[Any]]) -> Iterator[Orthanc]:
-    orthanc = Orthanc(folder, modalities)
+def running_orthanc(folder: Path, modalities: dict[str, list[Any]], *, dicomweb: bool = False) -> Iterator[Orthanc]:
+    orthanc = Orthanc(folder, modalities, dicomweb=dicomweb)
     orthanc.start()
     try:
         yield orthanc

@@ -10,14 +10,16 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from demo.phantom_dicom import write_phantoms
 from inference.labels import LABELS
 from reports.dicom_outputs import DICOM_SUFFIXES, build_dicom_outputs, encode_dataset, source_header
-from workers.dicom_node import DicomNode, NodeSettings
+from tests.support.orthanc import running_orthanc
+from workers.dicom_node import TRANSFER_SYNTAXES
 from workers.dicom_send import SendSettings, deliver, output_files
 
-pytestmark = pytest.mark.service  # starts an SCP thread
+pytestmark = pytest.mark.service  # starts SCP threads
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +57,33 @@ def test_only_published_outputs_are_sent(records: list[dict[str, Any]]) -> None:
     assert len(output_files(records)) == 6  # 2 published records x 3 objects; the superseded one is not on offer
 
 
-def test_outputs_arrive_at_a_real_scp(records: list[dict[str, Any]], tmp_path: Path) -> None:
-    received: list[tuple[str, list[Path]]] = []
-    settings = NodeSettings(
-        ae_title="PACS", host="127.0.0.1", port=0, stable_s=0.2, spool=tmp_path / "s", output=tmp_path / "o"
-    )
-    node = DicomNode(settings, lambda study, files: received.append((study, files)) or "job", "m")
-    node.start()
+def test_outputs_arrive_at_a_real_scp(records: list[dict[str, Any]]) -> None:
+    """A pynetdicom Storage SCP stands for the PACS (the engine's own node would drop its
+    own objects); every object arrives, in its stored transfer syntax."""
+    received: dict[str, str] = {}
+
+    def on_store(event: Any) -> int:
+        received[str(event.dataset.SOPInstanceUID)] = str(event.context.transfer_syntax)
+        return 0
+
+    ae = AE(ae_title="PACS")
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    port = int(server.server_address[1])
     try:
-        result = deliver(records, SendSettings(("PACS", "127.0.0.1", node.port), "CXR_ENGINE"), budget_s=30)
+        result = deliver(records, SendSettings(("PACS", "127.0.0.1", port), "CXR_ENGINE"), budget_s=30)
     finally:
-        node.stop()
+        server.shutdown()
     assert result == {
-        "dicom_send": {"status": "sent", "destination": f"PACS@127.0.0.1:{node.port}", "instances": 6, "attempts": 1}
+        "dicom_send": {"status": "sent", "destination": f"PACS@127.0.0.1:{port}", "instances": 6, "attempts": 1}
     }
-    stored = {p.stem for p in (tmp_path / "s").rglob("*.dcm")}
-    assert stored == {str(pydicom.dcmread(f).SOPInstanceUID) for f in output_files(records)}
+    sent = {
+        str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f).file_meta.TransferSyntaxUID
+        for f in output_files(records)
+    }
+    assert received == sent
 
 
 def test_a_down_destination_ends_as_dicom_send_error_after_the_retries(records: list[dict[str, Any]]) -> None:
@@ -92,6 +105,20 @@ def test_a_down_destination_ends_as_dicom_send_error_after_the_retries(records: 
     slept.clear()
     assert deliver(records, settings, budget_s=0.1, sleep=slept.append)["dicom_send"]["attempts"] == 1
     assert slept == []
+
+
+def test_stow_rs_to_orthanc_dicomweb(records: list[dict[str, Any]], tmp_path: Path) -> None:
+    """``CXR_DICOMWEB_URL``: the same objects by STOW-RS (dicomweb-client) into a real
+    Orthanc with its DICOMweb plugin; a wrong root ends as ``dicom_send_error``."""
+    with running_orthanc(tmp_path / "orthanc", {}, dicomweb=True) as orthanc:
+        result = deliver(records, SendSettings(dicomweb_url=orthanc.dicomweb_url, retries=0), budget_s=60)
+        assert result == {
+            "dicomweb_send": {"status": "sent", "destination": orthanc.dicomweb_url, "instances": 6, "attempts": 1}
+        }
+        stored = {orthanc.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("/instances")}
+        assert stored == {str(pydicom.dcmread(f).SOPInstanceUID) for f in output_files(records)}
+        wrong = deliver(records, SendSettings(dicomweb_url=orthanc.url + "/no-such-root", retries=0), budget_s=60)
+    assert wrong["dicomweb_send"]["status"] == "failed" and "HTTPError" in wrong["dicom_send_error"]
 
 
 def test_nothing_to_send_adds_nothing(records: list[dict[str, Any]]) -> None:
