@@ -232,4 +232,5 @@ def test_a_down_destination_gives_dicom_send_error_and_keeps_the_artifacts(
     assert summary["dicom_send"]["status"] == "failed" and summary["dicom_send"]["attempts"] == 3
     assert "not sent to ORTHANC@127.0.0.1" in summary["dicom_send_error"]
     (folder,) = [Path(f) for f in summary["outputs"].values()]
-    assert len([p for p in folder.iterdir() if p.stat().st_size > 0]) == 7
+    artifacts = [p for p in folder.iterdir() if not p.name.startswith(".") and p.stat().st_size > 0]
+    assert len(artifacts) == 7, artifacts  # the four artifacts and the three DICOM objects
