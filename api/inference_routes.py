@@ -92,6 +92,7 @@ def single_inference() -> Any:
     image = server_path("input_image_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots) if save else None
     patient_id = patient_id_field(body)
+    dicom_outputs = boolean_field(body, "dicom_outputs", False)
     if not path_exists(image):
         raise ApiError(400, f"Input image path does not exist: {raw_input}")
     # The extension rule applies to the name the client sent, not to a symlink's target.
@@ -110,6 +111,7 @@ def single_inference() -> Any:
         output=str(output) if output else None,
         patient_id=patient_id,
         expires_s=wait_s,
+        dicom_outputs=dicom_outputs,
     )
     outcome = _wait_for_task(celery, task_id, wait_s)
     if outcome is None:
@@ -168,11 +170,12 @@ def bulk_inference() -> Any:
     raw_output = require(body, "output_folder_path", "output_folder_path is required in the request")
     wait = boolean_field(body, "wait", True)
     layout = layout_field(body)
+    dicom_outputs = boolean_field(body, "dicom_outputs", False)
     roots = current_app.config["DATA_ROOTS"]
     folder = server_path("input_folder_path", raw_input, roots)
     output = server_path("output_folder_path", raw_output, roots)
     if not wait:
-        return _bulk(raw_input, raw_output, folder, output, layout, wait=False)
+        return _bulk(raw_input, raw_output, folder, output, layout, wait=False, dicom_outputs=dicom_outputs)
     slots = current_app.extensions["cxr_bulk_waits"]
     if not slots.acquire(blocking=False):
         log.warning(
@@ -182,12 +185,14 @@ def bulk_inference() -> Any:
         response.headers["Retry-After"] = str(BULK_RETRY_AFTER_S)
         return response, status
     try:
-        return _bulk(raw_input, raw_output, folder, output, layout, wait=True)
+        return _bulk(raw_input, raw_output, folder, output, layout, wait=True, dicom_outputs=dicom_outputs)
     finally:
         slots.release()
 
 
-def _bulk(raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: str, *, wait: bool) -> Any:
+def _bulk(
+    raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: str, *, wait: bool, dicom_outputs: bool
+) -> Any:
     roots = current_app.config["DATA_ROOTS"]
     if not path_exists(folder):
         raise ApiError(400, f"Input folder path does not exist: {raw_input}")
@@ -209,7 +214,7 @@ def _bulk(raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: s
         store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
     celery = current_app.extensions["cxr_celery"]
     status_url = url_for("jobs.job_status", job_id=job_id)
-    send = (store, celery, job_id, found.files, str(output), layout, len(found.refused))
+    send = (store, celery, job_id, found.files, str(output), layout, len(found.refused), dicom_outputs)
     if not wait:
         current_app.extensions["cxr_sender"].submit(job_id, store, partial(_send_in_background, *send))
         return envelope(202, BULK_ACCEPTED, {"job_id": job_id, "status_url": status_url})
@@ -229,10 +234,19 @@ def _bulk(raw_input: Any, raw_output: Any, folder: Path, output: Path, layout: s
     return envelope(200, BULK_OK, progress.summary)
 
 
-def _send_job(store: Any, celery: Any, job_id: str, files: list[str], output: str, layout: str, refused: int) -> None:
+def _send_job(
+    store: Any,
+    celery: Any,
+    job_id: str,
+    files: list[str],
+    output: str,
+    layout: str,
+    refused: int,
+    dicom_outputs: bool = False,
+) -> None:
     try:
         if files:
-            send_bulk_job(celery, job_id, files, output, layout)
+            send_bulk_job(celery, job_id, files, output, layout, dicom_outputs=dicom_outputs)
         else:
             send_finalize(celery, job_id)
     except BROKER_ERRORS:

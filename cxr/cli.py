@@ -1,4 +1,4 @@
-"""The ``cxr`` command line: phantoms, train, eval, infer, bundle, token.
+"""The ``cxr`` command line: phantoms, train, eval, infer, bundle, dicom-node, token.
 
 ``cxr infer PATH OUTPUT`` is the in-process twin of ``POST /bulk_inference``: same
 file discovery (recursive, ``.dcm`` in any case), same per-file rules, same output
@@ -127,7 +127,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     options = ReadOptions.from_env()  # once per run, not once per file
     records: list[dict[str, Any]] = []
     for path in tqdm(files, unit="file", disable=args.quiet):
-        records.append(process_file(path, out, predictor, job_id=job_id, layout=args.layout, options=options))
+        records.append(
+            process_file(
+                path,
+                out,
+                predictor,
+                job_id=job_id,
+                layout=args.layout,
+                options=options,
+                dicom_outputs=args.dicom_outputs,
+            )
+        )
     folders = [r["folder"] for r in records if r["status"] == "processed"]
     summary = summarise(records, job_id=job_id, total=len(files), owners=folder_owners(out, folders))
     write_summary_file(summary_path(out, job_id), summary)
@@ -225,6 +235,21 @@ def cmd_bundle_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dicom_node(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from workers.dicom_node import NodeConfigError, NodeSettings, serve
+
+    try:
+        settings = NodeSettings.from_env()
+    except NodeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("workers.dicom_node").setLevel(logging.INFO)  # one line per association and study
+    overrides = {k: v for k, v in (("ae_title", args.ae_title), ("port", args.port)) if v is not None}
+    return serve(dataclasses.replace(settings, **overrides))
+
+
 def cmd_token_issue(args: argparse.Namespace) -> int:
     from api import create_app
     from api.auth import issue_token
@@ -294,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("patient", "instance"), default="patient")
     p.add_argument("--model", help="bundle folder (default: CXR_MODEL_DIR or the demo bundle)")
     p.add_argument("--job-id", help="job id to record (default: random)")
+    p.add_argument(
+        "--dicom-outputs",
+        action="store_true",
+        help="also write <pid>_sc.dcm, <pid>_sr.dcm and <pid>_report_pdf.dcm (heatmap SC, TID 1500 SR, PDF)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
 
@@ -318,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", help="also run this DICOM file through the engine")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_bundle_check)
+    p = sub.add_parser(
+        "dicom-node",
+        help="receive studies by DICOM C-STORE and submit them as jobs (CXR_DICOM_* settings, see docs/pacs.md)",
+    )
+    p.add_argument("--ae-title", help="AE title (default CXR_DICOM_AE_TITLE, CXR_ENGINE)")
+    p.add_argument("--port", type=int, help="port (default CXR_DICOM_PORT, 11112)")
+    p.set_defaults(func=cmd_dicom_node)
 
     token = sub.add_parser("token", help="issue or revoke API tokens (needs CXR_JWT_SECRET and Redis)")
     token_sub = token.add_subparsers(dest="token_command", required=True)

@@ -16,9 +16,10 @@ and a working ``curl`` line from one command, and get every process back with on
    ``CELERY_BROKER_URL``, not ``--broker``, so ``ps`` never shows it); what the launcher
    prints and logs shows the password masked.
 3. Demo data: 6 phantoms in ``<var>/demo-input`` (once); CXR_DATA_ROOTS defaults to ``<var>``.
-4. gunicorn, the Celery worker and Flower, each in its own session and process group,
-   logging to ``<var>/run/logs/<name>.log``; ready when /ping, /health (a worker answers)
-   and Flower's /healthcheck answer.
+4. gunicorn, the Celery worker, Flower and the DICOM node (``cxr dicom-node``: AE
+   ``CXR_DICOM_AE_TITLE``, port ``CXR_DICOM_PORT``, on ``CXR_HOST``), each in its own
+   session and process group, logging to ``<var>/run/logs/<name>.log``; ready when /ping,
+   /health (a worker answers), Flower's /healthcheck and the node's port answer.
 5. A banner (URLs, logs, a token command, one curl line), then it waits. SIGINT or SIGTERM
    stops each group (worker first so it hands back its tasks, private Redis last) and
    exits 0; a child that dies stops the rest and exits 1, naming it.
@@ -55,7 +56,7 @@ from engine.logs import redact_also, redact_handlers
 log = logging.getLogger("cxr.stack")
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-STOP_ORDER = ("worker", "api", "flower", "redis")
+STOP_ORDER = ("dicom-node", "worker", "api", "flower", "redis")
 STOP_GRACE_S = 20.0
 READY_TIMEOUT_S = 120.0
 
@@ -152,6 +153,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
 
 
 def redis_answers(url: str, timeout: float) -> bool:
@@ -319,6 +328,7 @@ def banner(
     token: str,
     demo_in: Path,
     demo_out: Path,
+    dicom: str = "",
 ) -> str:
     """What the user needs, every command ready to paste (the test runs the curl line)."""
     user, _, password = auth.split(",")[0].partition(":")
@@ -339,7 +349,8 @@ def banner(
             f"  API:     {api}",
             f"  Flower:  {flower}  user {user}, password {shown}",
             f"  Redis:   {masked_url(redis_url)}" + (" (private, stops with the stack)" if private else ""),
-            f"  Logs:    {logs}/{{api,worker,flower{',redis' if private else ''}}}.log",
+            f"  DICOM:   {dicom} (C-STORE studies here; results with DICOM outputs in dicom-results/)",
+            f"  Logs:    {logs}/{{api,worker,flower,dicom-node{',redis' if private else ''}}}.log",
             f'  Token:   {prefix}REDIS_URL="$(cat {shlex.quote(str(redis_url_file))})" {cli_cmd} token issue --subject you',
             f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
             (
@@ -405,12 +416,21 @@ def run(var: Path, demo_size: int) -> int:
             dict(env, FLOWER_BASIC_AUTH=auth, CELERY_BROKER_URL=redis_url),
         )
 
+        dicom_port = int(env.get("CXR_DICOM_PORT", "").strip() or 11112)
+        dicom_ae = env.get("CXR_DICOM_AE_TITLE", "").strip() or "CXR_ENGINE"
+        stack.start(
+            "dicom-node",
+            [py, "-m", "cxr", "dicom-node"],
+            dict(env, CXR_DICOM_HOST=env.get("CXR_DICOM_HOST", host), CXR_DICOM_PORT=str(dicom_port)),
+        )
+
         token = issue_demo_token(env)
         wait_until("API /ping", lambda: http_status(f"{api}/ping") == 200, stack)
         wait_until(
             "a worker (GET /health)", lambda: http_status(f"{api}/health", {"Authorization": token}) == 200, stack
         )
         wait_until("Flower /healthcheck", lambda: http_status(f"{flower}/healthcheck") == 200, stack)
+        wait_until("DICOM node port", lambda: port_open(client_host, dicom_port), stack)
         if not any(
             demo_in.resolve().is_relative_to(os.path.realpath(r.strip()))
             for r in env["CXR_DATA_ROOTS"].split(os.pathsep)
@@ -430,6 +450,7 @@ def run(var: Path, demo_size: int) -> int:
                 token=token,
                 demo_in=demo_in,
                 demo_out=demo_out,
+                dicom=f"AE {dicom_ae} on {client_host}:{dicom_port}",
             ),
             flush=True,
         )

@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from inference.dicom_read import ReadOptions, read_dicom_image
-from inference.errors import CxrError, OutputError, OutsideDataRoots, UnreadableDicom
+from inference.errors import CxrError, OutputError, OutsideDataRoots, UnreadableDicom, reraise_if_interrupt
 from inference.image import DicomImage
 from inference.predict import Analysis, Predictor
 from reports.beneath import check_under_roots, open_file
+from reports.dicom_outputs import build_dicom_outputs, dicom_output_names, encode_dataset, source_header
 from reports.images import (
     encode_png,
     heatmap_caption,
@@ -73,6 +74,7 @@ class Artifacts:
     folder_parts: list[str]
     rank: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    dicom_error: str | None = None  # why the DICOM outputs asked for could not be made
 
 
 def publication_rank(image: DicomImage) -> list[str]:
@@ -96,11 +98,16 @@ def render_artifacts(
     job_id: str,
     layout: str,
     timings_ms: dict[str, float],
+    dicom_outputs: bool = False,
+    data_roots: Sequence[Path] | None = None,
 ) -> Artifacts:
     """Findings, JSON, PNGs and PDF for one analysed image (decode once, encode once).
 
     The 8-bit display image is made once and feeds both PNGs; the PDF embeds those
     PNGs' compressed streams as they are (``reports.pdf``), so no pixel is encoded twice.
+    ``dicom_outputs`` adds the SC, SR and Encapsulated PDF of ``reports.dicom_outputs``
+    (kinds ``dicom_sc``, ``dicom_sr``, ``dicom_pdf``); a source header they cannot be
+    built from leaves the four artifacts alone and says why in ``dicom_error``.
     """
     parts = folder_parts_for(image, layout)
     rank = publication_rank(image)
@@ -109,7 +116,8 @@ def render_artifacts(
     source_png = encode_png(display)
     timings_ms["source_png"] = _ms(t)
     t = time.perf_counter()
-    heatmap_png = encode_png(render_heatmap_overlay(display, analysis.heatmap, heatmap_label(analysis, predictor)))
+    overlay = render_heatmap_overlay(display, analysis.heatmap, heatmap_label(analysis, predictor))
+    heatmap_png = encode_png(overlay)
     timings_ms["heatmap_png"] = _ms(t)
     t = time.perf_counter()
     doc = predictions_document(
@@ -130,7 +138,23 @@ def render_artifacts(
         names["source_image"]: source_png,
         names["report"]: pdf,
     }
-    return Artifacts(doc, files, names, parts, rank, timings_ms)
+    kinds, dicom_error = dict(names), None
+    if dicom_outputs:
+        t = time.perf_counter()
+        try:
+            header = read_header(Path(image.path), data_roots)
+            built = build_dicom_outputs(header, overlay_bgr=overlay, report_pdf=pdf, document=doc)
+            dicom_names = dicom_output_names(parts[0])
+            files.update({dicom_names[kind]: encode_dataset(ds) for kind, ds in built.items()})
+            kinds.update(dicom_names)
+        except CxrError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (highdicom refuses a header in many ways; the four artifacts stay)
+            reraise_if_interrupt(exc)
+            dicom_error = f"DICOM outputs not made: {exc}"[:500]
+            log.warning("%s: %s", image.path, dicom_error)
+        timings_ms["dicom_outputs"] = _ms(t)
+    return Artifacts(doc, files, kinds, parts, rank, timings_ms, dicom_error)
 
 
 def heatmap_label(analysis: Analysis, predictor: Predictor) -> str:
@@ -187,6 +211,7 @@ def analyse_file(
     options: ReadOptions | None = None,
     patient_id_override: str | None = None,
     data_roots: Sequence[Path] | None = None,
+    dicom_outputs: bool = False,
 ) -> Artifacts:
     """Read, predict and render one file. Raises :class:`CxrError` for a file it refuses
     (``OutsideDataRoots`` for a path outside ``data_roots`` or through a link)."""
@@ -202,7 +227,16 @@ def analyse_file(
     t = time.perf_counter()
     analysis = predictor.analyse_batch(x[None])[0]  # raises InferenceError on a model failure
     timings["forward_gradcam"] = _ms(t)
-    return render_artifacts(image, analysis, predictor, job_id=job_id, layout=layout, timings_ms=timings)
+    return render_artifacts(
+        image,
+        analysis,
+        predictor,
+        job_id=job_id,
+        layout=layout,
+        timings_ms=timings,
+        dicom_outputs=dicom_outputs,
+        data_roots=data_roots,
+    )
 
 
 def read_input(
@@ -225,6 +259,19 @@ def read_input(
     return dataclasses.replace(image, path=str(path))
 
 
+def read_header(path: Path, data_roots: Sequence[Path] | None) -> Any:
+    """The source's DICOM header (no pixel data) for the DICOM outputs, read the way
+    ``read_input`` reads the file: under ``data_roots`` through a descriptor opened
+    without following links."""
+    if data_roots is None:
+        return source_header(str(path))
+    fd = open_file(path, data_roots, "the input file")
+    try:
+        return source_header(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
 def process_file(
     path: Path,
     output_root: Path,
@@ -236,6 +283,7 @@ def process_file(
     patient_id_override: str | None = None,
     include_document: bool = False,
     data_roots: Sequence[Path] | None = None,
+    dicom_outputs: bool = False,
 ) -> dict[str, Any]:
     """Analyse and publish one file; return its file record (never raises for file problems).
 
@@ -246,6 +294,9 @@ def process_file(
     folder outside ``data_roots`` is refused before the input is read
     (``outside_data_roots``, ``stage: "publish"``). ``include_document`` adds the
     predictions document (findings, metadata) to the record, for single inference.
+    ``dicom_outputs`` adds the three DICOM objects to the published files (their paths
+    under ``outputs``: ``dicom_sc``, ``dicom_sr``, ``dicom_pdf``); when they could not be
+    made the record says why in ``dicom_outputs_error``.
     """
     start = time.perf_counter()
     record: dict[str, Any] = {"path": str(path), "status": "skipped", "reason": None, "detail": None}
@@ -265,6 +316,7 @@ def process_file(
             options=options,
             patient_id_override=patient_id_override,
             data_roots=data_roots,
+            dicom_outputs=dicom_outputs,
         )
     except CxrError as exc:
         record.update(reason=exc.reason, detail=exc.detail)
@@ -305,6 +357,8 @@ def process_file(
         result=art.document["result"],
         timings_ms=art.timings_ms,
     )
+    if art.dicom_error:
+        record["dicom_outputs_error"] = art.dicom_error
     if include_document:
         record["document"] = art.document
     return record

@@ -118,3 +118,8 @@ SKIP_REASONS = (
     "worker_lost",  # the worker process died every time it processed the file (CXR_MAX_DELIVERIES)
     "lost",  # the broker lost the file's task message; the file was not processed
 )
+
+#: Job-level reasons (not file skips): the job's summary names them in a field of their own.
+JOB_REASONS = (
+    "dicom_send_error",  # the job's DICOM outputs could not be sent to CXR_DICOM_DESTINATION (workers.dicom_send)
+)

@@ -27,6 +27,7 @@ REDIS_DBS: dict[str, int] = {
     "bulk_dispatch": 2,  # tests/api/test_bulk_dispatch.py: bulk jobs sent in the background, no worker
     "gunicorn_worker": 2,  # tests/api/test_gunicorn_worker.py: gunicorn alone, no Celery worker
     "bundles": 1,  # tests/workers/test_bundle_service.py: a worker serving a third-party-style bundle
+    "pacs": 3,  # tests/workers/test_pacs_orthanc.py: a worker that sends its results to Orthanc
     "compose": 4,  # tests/deploy/test_compose.py: the compose start-up test's API and worker
     "gpu": 4,  # tests/workers/test_gpu.py
     "single_wait": 5,  # tests/api/test_single_wait.py

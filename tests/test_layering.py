@@ -119,3 +119,9 @@ def test_celeryconfig_backend_matches_workers_backend() -> None:
     from workers.backend import backend_url
 
     assert celeryconfig.result_backend == backend_url(celeryconfig.REDIS_URL)
+
+
+def test_dicom_node_imports_no_model_or_web_framework() -> None:
+    """``workers.dicom_node`` sits in ``workers`` beside ``workers.canvas`` (it sends jobs the
+    way the API does) but runs as its own process: neither TensorFlow nor Flask behind it."""
+    assert _frameworks_after_import("workers.dicom_node") == []

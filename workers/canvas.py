@@ -40,11 +40,26 @@ def _finalize_signature(app: Celery, job_id: str) -> Signature:
     )
 
 
-def send_bulk_job(app: Celery, job_id: str, paths: Sequence[str], output: str, layout: str) -> None:
+def _options(dicom_outputs: bool) -> dict[str, bool]:
+    """Optional task kwargs, sent only when set: a worker of the previous release still
+    takes the messages of a job that does not use them (rolling upgrades)."""
+    return {"dicom_outputs": True} if dicom_outputs else {}
+
+
+def send_bulk_job(
+    app: Celery, job_id: str, paths: Sequence[str], output: str, layout: str, *, dicom_outputs: bool = False
+) -> None:
     header = [
         app.signature(
             "cxr.infer_file",
-            kwargs={"job_id": job_id, "index": i, "path": p, "output": output, "layout": layout},
+            kwargs={
+                "job_id": job_id,
+                "index": i,
+                "path": p,
+                "output": output,
+                "layout": layout,
+                **_options(dicom_outputs),
+            },
             queue=INFERENCE_QUEUE,
             task_id=header_task_id(job_id, i),
         )
@@ -61,13 +76,26 @@ def send_finalize(app: Celery, job_id: str) -> None:
 
 
 def send_single(
-    app: Celery, *, request_id: str, path: str, output: str | None, patient_id: str | None, expires_s: float
+    app: Celery,
+    *,
+    request_id: str,
+    path: str,
+    output: str | None,
+    patient_id: str | None,
+    expires_s: float,
+    dicom_outputs: bool = False,
 ) -> str:
     """Queue one single-inference task on its own queue, which workers serve before bulk
     files (``celeryconfig``); it is discarded if no worker takes it in time."""
     sig = app.signature(
         "cxr.infer_single",
-        kwargs={"path": path, "output": output, "patient_id": patient_id, "request_id": request_id},
+        kwargs={
+            "path": path,
+            "output": output,
+            "patient_id": patient_id,
+            "request_id": request_id,
+            **_options(dicom_outputs),
+        },
         queue=SINGLE_QUEUE,
         task_id=request_id,
     )

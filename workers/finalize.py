@@ -84,7 +84,11 @@ def finalize_job(
     hard_limit_s: float,
     messages_lost: bool = False,
     data_roots: Sequence[Path] | None = None,
+    deliver: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``deliver`` (the chord callback's, when ``CXR_DICOM_DESTINATION`` is set): sends the
+    job's DICOM outputs once every file has ended; what it returns joins the summary
+    (``workers.dicom_send``). The watchdog's path sends nothing."""
     meta = store.meta(job_id)
     total = int(meta.get("total", 0))
     paths = store.job_paths(job_id)
@@ -113,6 +117,8 @@ def finalize_job(
         }
     )
     summary["workers"] = sorted({r["worker"] for r in ordered if r.get("worker")})
+    if deliver is not None:
+        summary.update(deliver(ordered))
     summary_file = summary_path(output_root, job_id)
     summary["summary_file"] = str(summary_file)
     try:

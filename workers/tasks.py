@@ -16,7 +16,9 @@ Like a web view, each task unpacks its arguments, calls plain functions
   worker process died ``CXR_MAX_DELIVERIES`` times while processing it (the message
   comes back each time, ``task_reject_on_worker_lost``) is skipped as ``worker_lost``.
 * ``cxr.infer_single`` (queue ``single``, served first): ``POST /single_inference``.
-* ``cxr.finalize_job`` (default queue): the chord callback; writes the job summary.
+* ``cxr.finalize_job`` (default queue): the chord callback; sends the job's DICOM outputs
+  to ``CXR_DICOM_DESTINATION`` when it is set (``workers.dicom_send``), then writes the
+  job summary.
 * ``cxr.chord_failed``: the callback's error hook, called once every file's task has
   ended, when one of them ended without reporting (hard time limit); it finalises the
   job anyway. A killed process no longer ends a task (its message is redelivered).
@@ -61,10 +63,12 @@ from inference.bundle_tools import check_in_child
 from inference.dicom_read import ReadOptions
 from inference.errors import BundleError, CxrError, register_interrupt
 from inference.predict import Predictor, configure_tensorflow
+from reports.dicom_outputs import DICOM_SUFFIXES
 from reports.pdf_fonts import prepare_fonts
 from workers import gpu, memory
 from workers.app import worker_app
 from workers.canvas import header_task_id
+from workers.dicom_send import SendSettings, deliver
 from workers.finalize import TaskOutcome, finalize_job
 from workers.single import notify_done, store_outcome
 from workers.watchdog import Watchdog
@@ -229,7 +233,9 @@ def _stop_watchdog(**_: Any) -> None:
     retry_jitter=True,
     max_retries=5,
 )
-def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, layout: str) -> dict[str, Any]:
+def infer_file(
+    self: Any, *, job_id: str, index: int, path: str, output: str, layout: str, dicom_outputs: bool = False
+) -> dict[str, Any]:
     delivery = while_redis_full(
         f"file {index} of job {job_id}",
         lambda: decide_delivery(
@@ -265,6 +271,7 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
             layout=layout,
             options=read_options(),
             data_roots=settings().data_roots,
+            dicom_outputs=dicom_outputs,
         )
     except SoftTimeLimitExceeded:
         record = {
@@ -287,22 +294,29 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
 
 @app.task(name="cxr.infer_single", bind=True, acks_late=True, reject_on_worker_lost=False)
 def infer_single(
-    self: Any, *, path: str, output: str | None, patient_id: str | None, request_id: str
+    self: Any,
+    *,
+    path: str,
+    output: str | None,
+    patient_id: str | None,
+    request_id: str,
+    dicom_outputs: bool = False,
 ) -> dict[str, Any]:
-    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64.
+    """``save_to_disk`` is ``output is not None``; else the artifacts come back in base64
+    (with ``dicom_outputs``, the three DICOM objects too, under their kinds).
 
     The answer goes to the API through ``workers.single.store_outcome``; the task's own
     result (what Flower shows and the result backend keeps) is its id and status only.
     Not redelivered when its process dies (no delivery cap here): the client waiting on
     it gets a 500 at once instead of a file that may kill worker after worker.
     """
-    outcome = _single_outcome(path, output, patient_id, request_id, self.request.hostname)
+    outcome = _single_outcome(path, output, patient_id, request_id, self.request.hostname, dicom_outputs)
     while_redis_full(f"single inference {request_id}", lambda: store_outcome(job_store().client, request_id, outcome))
     return {"request_id": request_id, "status": outcome["status"]}
 
 
 def _single_outcome(
-    path: str, output: str | None, patient_id: str | None, request_id: str, hostname: str
+    path: str, output: str | None, patient_id: str | None, request_id: str, hostname: str, dicom_outputs: bool
 ) -> dict[str, Any]:
     try:
         if output is not None:
@@ -316,6 +330,7 @@ def _single_outcome(
                 patient_id_override=patient_id,
                 include_document=True,
                 data_roots=settings().data_roots,
+                dicom_outputs=dicom_outputs,
             )
             if record["status"] != "processed":
                 return record
@@ -330,6 +345,7 @@ def _single_outcome(
                 # which stays; the paths above are that image's artifacts (API.md "Output layout").
                 "published": record["published"],
             }
+            images.update({kind: outputs[kind] for kind in DICOM_SUFFIXES if kind in outputs})
         else:
             art = analyse_file(
                 Path(path),
@@ -338,11 +354,13 @@ def _single_outcome(
                 options=read_options(),
                 patient_id_override=patient_id,
                 data_roots=settings().data_roots,
+                dicom_outputs=dicom_outputs,
             )
             doc = art.document
             images = {
                 kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
-                for kind in ("source_image", "heatmap", "report")
+                for kind in ("source_image", "heatmap", "report", *DICOM_SUFFIXES)
+                if kind in art.kinds
             }
     except CxrError as exc:
         return {"path": path, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
@@ -368,6 +386,7 @@ def finalize_job_task(results: list[Any] | None = None, *, job_id: str) -> dict[
         _outcome_lookup(job_id),
         hard_limit_s=app.conf.task_time_limit,
         data_roots=settings().data_roots,
+        deliver=_dicom_delivery(),
     )
     log.info("job %s finished: %d processed, %d skipped", job_id, summary["processed"], len(summary["skipped"]))
     return {"job_id": job_id, "status": summary["status"]}
@@ -382,6 +401,20 @@ def chord_failed(request: Any, exc: BaseException, traceback: Any, job_id: str) 
     """
     log.warning("job %s: a file's task failed without reporting (%s); finalising anyway", job_id, type(exc).__name__)
     app.signature("cxr.finalize_job", kwargs={"job_id": job_id}).apply_async()
+
+
+def _dicom_delivery() -> Any:
+    """Sending the job's DICOM outputs back (``workers.dicom_send``), when a destination
+    (``CXR_DICOM_DESTINATION`` or ``CXR_DICOMWEB_URL``) is set.
+
+    Bounded by half the callback's soft time limit, so the summary is always written."""
+    if "send_settings" not in _state:
+        _state["send_settings"] = SendSettings.from_env()
+    send_settings = _state["send_settings"]
+    if not send_settings.enabled:
+        return None
+    budget = float(app.conf.task_soft_time_limit or app.conf.task_time_limit or 300.0) / 2
+    return lambda records: deliver(records, send_settings, budget_s=budget)
 
 
 def _outcome_lookup(job_id: str) -> Any:

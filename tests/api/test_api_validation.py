@@ -50,6 +50,11 @@ def test_single_inference_messages(client: Any, auth: dict[str, str], files: dic
         ),
         ({"input_image_path": img, "save_to_disk": 1}, 400, "Invalid value for save_to_disk, should be a boolean: 1"),
         (
+            {"input_image_path": img, "output_folder_path": out, "dicom_outputs": "yes"},
+            400,
+            "Invalid value for dicom_outputs, should be a boolean: 'yes'",
+        ),
+        (
             {"input_image_path": "relative/one.dcm", "output_folder_path": out},
             400,
             "Invalid path input_image_path: 'relative/one.dcm'",
@@ -150,6 +155,11 @@ def test_bulk_inference_messages(client: Any, auth: dict[str, str], files: dict[
             {"input_folder_path": inp, "output_folder_path": out, "layout": "flat"},
             400,
             'Invalid value for layout, should be "patient" or "instance": \'flat\'',
+        ),
+        (
+            {"input_folder_path": inp, "output_folder_path": out, "dicom_outputs": 1},
+            400,
+            "Invalid value for dicom_outputs, should be a boolean: 1",
         ),
         (
             {"input_folder_path": inp, "output_folder_path": str(base / "a-file" / "o")},

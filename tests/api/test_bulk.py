@@ -147,6 +147,28 @@ def test_instance_layout_keeps_every_image_of_a_patient(
         assert _assert_patient_folder_named(patient / uid, "SAME-PATIENT")["metadata"]["sop_instance_uid"] == uid
 
 
+def test_dicom_outputs_travel_through_the_bulk_and_single_requests(
+    client: Any, auth: dict[str, str], worker: Any, data_root: Path, small_phantoms: Path
+) -> None:
+    """``dicom_outputs: true`` reaches the worker: SC, SR and PDF objects beside the four
+    artifacts (bulk), and in base64 (single without ``save_to_disk``)."""
+    import base64
+
+    inp = copy_inputs(small_phantoms, data_root / "dcm-out" / "in", ["phantom_777_00000.dcm"])
+    summary = _bulk(client, auth, inp, data_root / "dcm-out" / "out", dicom_outputs=True).get_json()["Data"]
+    (folder,) = [Path(f) for f in summary["outputs"].values()]
+    names = sorted(p.name for p in folder.iterdir())
+    assert [n for n in names if n.endswith(".dcm")] == [
+        f"{folder.name}_{s}" for s in ("report_pdf.dcm", "sc.dcm", "sr.dcm")
+    ]
+    sr = pydicom.dcmread(folder / f"{folder.name}_sr.dcm")
+    assert sr.StudyInstanceUID == pydicom.dcmread(inp / "phantom_777_00000.dcm").StudyInstanceUID
+    body = {"input_image_path": str(inp / "phantom_777_00000.dcm"), "save_to_disk": False, "dicom_outputs": True}
+    data = client.post("/single_inference", json=body, headers=auth).get_json()["Data"]
+    for kind in ("dicom_sc", "dicom_sr", "dicom_pdf"):
+        assert base64.b64decode(data[kind])[128:132] == b"DICM", kind
+
+
 def _assert_patient_folder_named(folder: Path, patient: str) -> dict[str, Any]:
     assert sorted(p.name for p in folder.iterdir()) == sorted([".cxr-engine"] + [f"{patient}_{a}" for a in ARTIFACTS])
     return json.loads((folder / f"{patient}_predictions.json").read_text())

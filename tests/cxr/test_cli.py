@@ -44,6 +44,34 @@ def test_infer_folder_reports_processed_skipped_and_writes_the_summary(tmp_path,
         assert len(list(Path(folder).iterdir())) == 5  # four artifacts and the .cxr-engine marker
 
 
+def test_infer_with_dicom_outputs_writes_sc_sr_and_pdf_objects(tmp_path, phantom_dir):
+    src = min(phantom_dir.glob("*.dcm"))
+    out = tmp_path / "out"
+    proc = run_cxr("infer", str(src), str(out), "--quiet", "--job-id", "cli-dcm", "--dicom-outputs")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / ".jobs" / "cli-dcm.json").read_text())
+    (folder,) = summary["outputs"].values()
+    names = sorted(p.name for p in Path(folder).iterdir())
+    assert [n for n in names if n.endswith(".dcm")] == [
+        f"{Path(folder).name}_{s}" for s in ("report_pdf.dcm", "sc.dcm", "sr.dcm")
+    ]
+
+
+def test_dicom_node_refuses_a_spool_outside_the_data_roots(tmp_path):
+    env = {"CXR_DATA_ROOTS": str(tmp_path / "data"), "CXR_DICOM_SPOOL": str(tmp_path / "elsewhere")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr", "dicom-node"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert f"CXR_DICOM_SPOOL ({tmp_path / 'elsewhere'}) must lie under CXR_DATA_ROOTS" in proc.stderr
+
+
 def test_infer_refuses_missing_path_and_empty_folder(tmp_path):
     proc = run_cxr("infer", str(tmp_path / "nope"), str(tmp_path / "out"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -137,7 +137,7 @@ def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None
 
 
 def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
-    api_port, flower_port = free_ports(2)
+    api_port, flower_port, dicom_port = free_ports(3)
     env = {
         k: v
         for k, v in os.environ.items()
@@ -157,6 +157,7 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         CXR_RUN_PRIVATE_REDIS="1",
         CXR_PORT=str(api_port),
         FLOWER_PORT=str(flower_port),
+        CXR_DICOM_PORT=str(dicom_port),
         CXR_WORKER_CONCURRENCY="1",
         CXR_API_WORKERS="1",
         CXR_TF_THREADS="1",
@@ -304,6 +305,16 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             if value and value in listed
         ]
         assert not shown, f"step 3c (flower): Flower's task list shows {shown}"
+        # The DICOM node: announced, and answering a C-ECHO where the banner says.
+        assert f"DICOM:   AE CXR_ENGINE on 127.0.0.1:{dicom_port}" in text, f"no DICOM node line in\n{text}"
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        echo = AE(ae_title="STACKTEST")
+        echo.add_requested_context(Verification)
+        assoc = echo.associate("127.0.0.1", dicom_port, ae_title="CXR_ENGINE")
+        assert assoc.is_established and int(assoc.send_c_echo().Status) == 0, f"C-ECHO failed{diagnostics()}"
+        assoc.release()
 
         # 4. SIGTERM: the launcher stops everything and exits 0.
         proc.send_signal(signal.SIGTERM)
@@ -317,6 +328,7 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         assert refuses(api_port), f"step 4 (stop): API port {api_port} still accepts connections"
         assert refuses(flower_port), f"step 4 (stop): Flower port {flower_port} still accepts connections"
         assert refuses(redis_port), f"step 4 (stop): the private Redis on {redis_port} still accepts connections"
+        assert refuses(dicom_port), f"step 4 (stop): DICOM port {dicom_port} still accepts connections"
         left = leftovers(marks)
         assert not left, f"step 4 (stop): processes left behind: {left}"
 
@@ -325,7 +337,8 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
             p.name: p.read_text(encoding="utf-8", errors="replace")
             for p in sorted((tmp_path / "run" / "logs").glob("*.log"))
         }
-        assert {"api.log", "worker.log", "flower.log"} <= set(logs), f"step 5 (logs): {sorted(logs)}"
+        assert {"api.log", "worker.log", "flower.log", "dicom-node.log"} <= set(logs), f"step 5 (logs): {sorted(logs)}"
+        assert "association from STACKTEST@127.0.0.1 released" in logs["dicom-node.log"], logs["dicom-node.log"]
         assert "POST /single_inference" in logs["api.log"], "step 5 (logs): no access log in api.log"
         names = {str(pydicom.dcmread(f).PatientName) for f in (tmp_path / "demo-input").glob("*.dcm")}
         parts = {part for name in names for part in re.split(r"[\^ ]", name) if len(part) >= 4}

@@ -166,7 +166,7 @@ def installed_package_text(package: str) -> str:
 
 
 def test_compose_files_parse_with_the_expected_services() -> None:
-    assert set(services(MAIN)) == {"redis", "api", "worker", "worker-cpu", "flower"}
+    assert set(services(MAIN)) == {"redis", "api", "worker", "worker-cpu", "flower", "dicom-node"}
     assert set(services(WORKER_ONLY)) == {"worker"}
 
 
@@ -611,3 +611,21 @@ def test_api_and_flower_start_as_the_compose_file_runs_them(tmp_path: Path) -> N
         stop_group(Child("api", api, api_log))
         redis.Redis.from_url(redis_url).flushdb()
     assert redis_url.split("//", 1)[1] in flower_log.read_text(), "Flower watches CELERY_BROKER_URL's Redis"
+
+
+def test_dicom_node_listens_where_it_is_published_and_workers_know_the_destination() -> None:
+    """The node's port is the one published and probed; it sees the shared data as its
+    data root (spool and results live there); every worker that may run a chord callback
+    gets the same destination and calling AE title (it sends the results back)."""
+    main = services(MAIN)
+    node = main["dicom-node"]
+    env = env_of(node)
+    port = env["CXR_DICOM_PORT"]
+    assert [p.rsplit(":", 1)[1] for p in node["ports"]] == [port]
+    assert port == "11112" and f"'127.0.0.1', {port}" in node["healthcheck"]["test"][-1]
+    assert env["CXR_DATA_ROOTS"] == SHARED and SHARED in mounts(node)
+    assert argv(node["command"])[-1] == "dicom-node"
+    workers = [main["worker"], main["worker-cpu"], services(WORKER_ONLY)["worker"]]
+    for worker in workers:
+        assert env_of(worker)["CXR_DICOM_DESTINATION"] == "${CXR_DICOM_DESTINATION:-}"
+        assert env_of(worker)["CXR_DICOM_AE_TITLE"] == env["CXR_DICOM_AE_TITLE"]

@@ -336,3 +336,40 @@ def test_operating_point_and_model_outputs_reach_the_json_and_the_pdf(
     assert all(f["assessed"] is True for f in doc["findings"])
     text = PdfReader(record["outputs"]["report"]).pages[0].extract_text()
     assert "operating point: high_sensitivity" in text and "NOT FOR CLINICAL USE" in text
+
+
+def test_dicom_outputs_join_the_four_artifacts_and_carry_the_same_findings(tmp_path, phantom_dir, predictor):
+    """``dicom_outputs``: three more files in the same folder, published with the other four;
+    the SR's findings are the predictions JSON's, the SC has the source's size."""
+    from reports.dicom_outputs import read_sr_findings
+
+    src = min(phantom_dir.glob("*.dcm"))
+    ds = pydicom.dcmread(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    record = process_file(src, out, predictor, job_id="job-d", layout="instance", dicom_outputs=True)
+    assert record["status"] == "processed" and "dicom_outputs_error" not in record, record
+    folder = out / str(ds.PatientID) / str(ds.SOPInstanceUID)
+    pid = str(ds.PatientID)
+    suffixes = ("predictions.json", "heatmap.png", "source_image.png", "report.pdf", "sc.dcm", "sr.dcm")
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # .cxr-engine: the marker
+    assert names == sorted([*(f"{pid}_{s}" for s in suffixes), f"{pid}_report_pdf.dcm"])
+    assert record["outputs"]["dicom_sr"] == str(folder / f"{pid}_sr.dcm")
+    doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
+    assert read_sr_findings(pydicom.dcmread(folder / f"{pid}_sr.dcm")) == doc["findings"]
+    sc = pydicom.dcmread(folder / f"{pid}_sc.dcm")
+    assert sc.pixel_array.shape == (ds.Rows, ds.Columns, 3) and sc.StudyInstanceUID == ds.StudyInstanceUID
+    pdf = pydicom.dcmread(folder / f"{pid}_report_pdf.dcm")
+    assert pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength] == (folder / f"{pid}_report.pdf").read_bytes()
+
+
+def test_a_header_without_a_study_uid_keeps_the_four_artifacts(tmp_path, predictor):
+    ds = _write_phantom(tmp_path / "in" / "nostudy.dcm", 0, size=256)
+    del ds.StudyInstanceUID
+    ds.save_as(tmp_path / "in" / "nostudy.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    record = process_file(tmp_path / "in" / "nostudy.dcm", out, predictor, job_id="job-e", dicom_outputs=True)
+    assert record["status"] == "processed", record
+    assert "StudyInstanceUID" in record["dicom_outputs_error"]
+    assert sorted(record["outputs"]) == ["heatmap", "predictions", "report", "source_image"]
