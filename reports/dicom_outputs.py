@@ -175,7 +175,9 @@ def encode_dataset(ds: Dataset) -> bytes:
 
 def read_sr_findings(sr: Dataset) -> list[dict[str, Any]]:
     """The findings of an SR written here, read back through highdicom's TID 1500 parser,
-    in the predictions JSON's shape: ``[{"name", "presence", "confidence"}]`` (API order)."""
+    in the predictions JSON's shape: ``[{"name", "presence", "confidence", "assessed"}]``
+    (API order). The SR holds the conditions the model assesses only, so this equals the
+    JSON's findings with ``assessed`` true (:func:`assessed_findings`)."""
     parsed = hd.sr.Comprehensive3DSR.from_dataset(sr)
     report: Any = parsed.content  # a highdicom MeasurementReport
     found: dict[str, dict[str, Any]] = {}
@@ -184,8 +186,19 @@ def read_sr_findings(sr: Dataset) -> list[dict[str, Any]]:
         (evaluation,) = group.get_qualitative_evaluations()
         (measurement,) = group.get_measurements()
         present = evaluation.value.value == codes.SCT.Present.value
-        found[label] = {"name": label, "presence": present, "confidence": round(float(measurement.value), 4)}
+        found[label] = {
+            "name": label,
+            "presence": present,
+            "confidence": round(float(measurement.value), 4),
+            "assessed": True,
+        }
     return [found[label] for label in LABELS if label in found]
+
+
+def assessed_findings(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The document's findings for the conditions the model assesses (a bundle may map its
+    labels onto some of the 11 only: the others have no probability to report)."""
+    return [f for f in document["findings"] if f.get("assessed", True) and f.get("confidence") is not None]
 
 
 def source_header(path: str) -> Dataset:
@@ -305,7 +318,7 @@ def _structured_report(
     context = hd.sr.ObservationContext(observer_device_context=observer)
     image = [hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
     groups = []
-    for finding in document["findings"]:
+    for finding in assessed_findings(document):
         label = str(finding["name"])
         code = finding_code(label)
         groups.append(

@@ -341,7 +341,7 @@ def test_operating_point_and_model_outputs_reach_the_json_and_the_pdf(
 def test_dicom_outputs_join_the_four_artifacts_and_carry_the_same_findings(tmp_path, phantom_dir, predictor):
     """``dicom_outputs``: three more files in the same folder, published with the other four;
     the SR's findings are the predictions JSON's, the SC has the source's size."""
-    from reports.dicom_outputs import read_sr_findings
+    from reports.dicom_outputs import assessed_findings, read_sr_findings
 
     src = min(phantom_dir.glob("*.dcm"))
     ds = pydicom.dcmread(src)
@@ -356,7 +356,7 @@ def test_dicom_outputs_join_the_four_artifacts_and_carry_the_same_findings(tmp_p
     assert names == sorted([*(f"{pid}_{s}" for s in suffixes), f"{pid}_report_pdf.dcm"])
     assert record["outputs"]["dicom_sr"] == str(folder / f"{pid}_sr.dcm")
     doc = json.loads((folder / f"{pid}_predictions.json").read_text(encoding="utf-8"))
-    assert read_sr_findings(pydicom.dcmread(folder / f"{pid}_sr.dcm")) == doc["findings"]
+    assert read_sr_findings(pydicom.dcmread(folder / f"{pid}_sr.dcm")) == assessed_findings(doc)
     sc = pydicom.dcmread(folder / f"{pid}_sc.dcm")
     assert sc.pixel_array.shape == (ds.Rows, ds.Columns, 3) and sc.StudyInstanceUID == ds.StudyInstanceUID
     pdf = pydicom.dcmread(folder / f"{pid}_report_pdf.dcm")

@@ -24,6 +24,7 @@ from inference.labels import LABELS
 from reports.dicom_outputs import (
     DEMO_STATUS,
     DicomOutputError,
+    assessed_findings,
     build_dicom_outputs,
     device_uid,
     encode_dataset,
@@ -36,7 +37,7 @@ SHA = "5e" * 32
 
 def _document(model: dict[str, Any] | None = None) -> dict[str, Any]:
     findings = [
-        {"name": label, "presence": i % 3 == 0, "confidence": round(0.05 + i * 0.0837, 4)}
+        {"name": label, "presence": i % 3 == 0, "confidence": round(0.05 + i * 0.0837, 4), "assessed": True}
         for i, label in enumerate(LABELS)
     ]
     return {
@@ -119,7 +120,7 @@ def test_sr_round_trips_through_highdicom_with_the_predictions(sources: list[Pat
     _, back = _roundtrip(sr, tmp_path, "sr.dcm")
     assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert back.VerificationFlag == "UNVERIFIED"
-    assert read_sr_findings(back) == doc["findings"]
+    assert read_sr_findings(back) == assessed_findings(doc)
     parsed = hd.sr.Comprehensive3DSR.from_dataset(back)
     evidence = parsed.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == src.StudyInstanceUID
@@ -164,3 +165,17 @@ def test_a_source_without_uids_is_refused_clearly(sources: list[Path]) -> None:
     del src.StudyInstanceUID
     with pytest.raises(DicomOutputError, match="StudyInstanceUID"):
         build_dicom_outputs(src, overlay_bgr=_overlay(8, 8), report_pdf=b"%PDF", document=_document())
+
+
+def test_sr_holds_only_the_conditions_the_model_assesses(sources: list[Path], tmp_path: Path) -> None:
+    """A bundle that maps its labels onto some of the 11 conditions: the others have no
+    probability, and the SR leaves them out rather than report them absent."""
+    doc = _document()
+    for finding in doc["findings"][1::2]:
+        finding.update(assessed=False, presence=False, confidence=None)
+    src = source_header(str(sources[0]))
+    sr = build_dicom_outputs(src, overlay_bgr=_overlay(64, 64), report_pdf=b"%PDF", document=doc)["dicom_sr"]
+    _, back = _roundtrip(sr, tmp_path, "sr-partial.dcm")
+    found = read_sr_findings(back)
+    assert [f["name"] for f in found] == [f["name"] for f in doc["findings"][0::2]]
+    assert found == assessed_findings(doc)

@@ -24,7 +24,7 @@ from pynetdicom import AE
 
 from demo.phantom_dicom import write_phantoms
 from engine.jobstore import JobStore
-from reports.dicom_outputs import DEMO_STATUS, read_sr_findings
+from reports.dicom_outputs import DEMO_STATUS, assessed_findings, read_sr_findings
 from tests.support.orthanc import Orthanc, free_port, running_orthanc
 from tests.support.service import WorkerProcess, redis_db_url, worker_env
 from workers.app import create_celery_app
@@ -178,7 +178,7 @@ def test_a_study_sent_by_orthanc_comes_back_as_sc_sr_and_pdf_series(pacs: dict[s
         source_uid = source_uid.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         folder = folders[source_uid]
         doc = json.loads(next(folder.glob("*_predictions.json")).read_text(encoding="utf-8"))
-        assert read_sr_findings(sr) == doc["findings"]
+        assert read_sr_findings(sr) == assessed_findings(doc)
         assert sr.StudyInstanceUID == doc["source"]["study_instance_uid"]
     for instance in series[f"AI heatmap - {DEMO_STATUS}"]:
         raw = orthanc.get(f"/instances/{instance}/file")
