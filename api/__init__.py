@@ -45,6 +45,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cxr_redis"] = store.client
     app.extensions["cxr_celery"] = celery
 
+    from engine.logs import clear_log_context
+
+    app.before_request(clear_log_context)  # gthread threads are reused: no job id from the last request
     init_auth(app)
     from api import inference_routes, job_routes, openapi
 

@@ -17,12 +17,18 @@ value comes from the environment (see the README's configuration table):
   puts in a URL never reaches it (the API reads tokens only from the header). The
   application's own loggers (``api.*``, ``flask-limiter``) and gunicorn's error log go to
   stderr at INFO. Every handler formats through ``engine.logs.RedactingFormatter``, the
-  safety net that masks anything shaped like a JWT and this process's secret values.
+  safety net that masks anything shaped like a JWT and this process's secret values;
+  with ``CXR_LOG_FORMAT=json`` (``engine.logs.formatter``) both logs are JSON lines, the
+  access lines with ``method``, ``path``, ``status`` and ``duration_ms`` fields.
 """
 
 from __future__ import annotations
 
 import os
+
+from engine.logs import log_format
+
+log_format()  # an unknown CXR_LOG_FORMAT stops gunicorn here, with the reason
 
 bind = f"{os.environ.get('CXR_HOST', '127.0.0.1')}:{os.environ.get('CXR_PORT', '8500')}"
 worker_class = "gthread"
@@ -38,10 +44,10 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {
         "generic": {
-            "()": "engine.logs.RedactingFormatter",
+            "()": "engine.logs.formatter",
             "fmt": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         },
-        "access": {"()": "engine.logs.RedactingFormatter", "fmt": "%(message)s"},
+        "access": {"()": "engine.logs.formatter", "fmt": "%(message)s"},
     },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},

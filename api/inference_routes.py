@@ -33,6 +33,7 @@ from api.requests import (
     server_path,
 )
 from engine.discovery import discover_inputs
+from engine.logs import bind_log_context
 from workers.canvas import send_bulk_job, send_finalize, send_single
 from workers.single import wait_done
 
@@ -71,6 +72,7 @@ def single_inference() -> Any:
     wait_s = float(current_app.config["CXR_SINGLE_WAIT_S"])
     celery = current_app.extensions["cxr_celery"]
     task_id = f"single-{uuid.uuid4().hex}"
+    bind_log_context(task_id=task_id)
     send_single(
         celery,
         request_id=task_id,
@@ -146,6 +148,7 @@ def bulk_inference() -> Any:
     make_output_folder(output, str(raw_output))
 
     job_id = uuid.uuid4().hex
+    bind_log_context(job_id=job_id)
     store = current_app.extensions["cxr_jobs"]
     # Files 0..n-1 go to workers; the ones discovery refused (symbolic links out of the
     # roots, FIFOs...) take the indexes after them and are recorded before the chord is

@@ -17,7 +17,8 @@ and a working ``curl`` line from one command, and get every process back with on
    exits 0; a child that dies stops the rest and exits 1, naming it.
 
 Settings: CXR_HOST, CXR_PORT, CXR_API_WORKERS, CXR_API_THREADS, CXR_WORKER_CONCURRENCY,
-FLOWER_PORT, CXR_VAR_DIR. It never imports TensorFlow; ``api`` only to issue a token.
+FLOWER_PORT, CXR_VAR_DIR, CXR_LOG_FORMAT (``json``: this launcher's lines, the banner
+included, and those of the API and the worker are JSON lines; Flower's stay text). It never imports TensorFlow; ``api`` only to issue a token.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from engine.logs import redact_handlers
+from engine.logs import log_format, redact_handlers
 
 log = logging.getLogger("cxr.stack")
 
@@ -328,6 +329,15 @@ def banner(
     )
 
 
+def banner_line(text: str) -> str:
+    """The banner as one JSON object (``CXR_LOG_FORMAT=json``), on stdout like the text one.
+
+    Not through the logging handlers: they would mask the demo token the banner exists to give.
+    """
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps({"time": stamp, "level": "INFO", "logger": log.name, "message": text}, ensure_ascii=False)
+
+
 def run(var: Path, demo_size: int) -> int:
     state, demo_in, demo_out = var / "run", var / "demo-input", var / "demo-output"
     logs = state / "logs"
@@ -391,21 +401,19 @@ def run(var: Path, demo_size: int) -> int:
             if r.strip()
         ):
             log.warning("%s is outside CXR_DATA_ROOTS: the demo request below will be refused", demo_in)
-        print(
-            banner(
-                api=api,
-                flower=flower,
-                auth=auth,
-                redis_url=redis_url,
-                logs=logs,
-                private=any(c.name == "redis" for c in stack.children),
-                secret_file=secret_file,
-                token=token,
-                demo_in=demo_in,
-                demo_out=demo_out,
-            ),
-            flush=True,
+        text = banner(
+            api=api,
+            flower=flower,
+            auth=auth,
+            redis_url=redis_url,
+            logs=logs,
+            private=any(c.name == "redis" for c in stack.children),
+            secret_file=secret_file,
+            token=token,
+            demo_in=demo_in,
+            demo_out=demo_out,
         )
+        print(banner_line(text) if log_format() == "json" else text, flush=True)
 
         while (dead := stack.first_dead()) is None:
             time.sleep(0.5)
@@ -444,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--demo-size", type=int, default=1024, help="demo phantom size in pixels (default 1024)")
     args = parser.parse_args(argv)
+    try:
+        log_format()
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
     redact_handlers(logging.getLogger())  # e.g. a REDIS_URL with a password in a start-up error
     for sig in (signal.SIGINT, signal.SIGTERM):

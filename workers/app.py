@@ -38,13 +38,41 @@ def worker_app() -> Celery:
     """The worker's app, made once per process, with the worker's logging hooks."""
     with _lock:
         if not _worker_app:
-            from engine.logs import setup_worker_logging
+            from engine.logs import bind_task_context, clear_log_context, route_native_stderr, setup_worker_logging
 
             # What a worker's log never carries (task results hold patient names; engine/logs.py).
             signals.after_setup_logger.connect(setup_worker_logging, weak=False)
             signals.after_setup_task_logger.connect(setup_worker_logging, weak=False)
+            # The job, task and file of each line (CXR_LOG_FORMAT=json); no banner in JSON mode.
+            signals.task_prerun.connect(bind_task_context, weak=False)
+            signals.task_postrun.connect(clear_log_context, weak=False)
+            signals.celeryd_init.connect(_json_from_the_start, weak=False)
+            signals.worker_process_init.connect(route_native_stderr, weak=False)  # before the model loads
             _worker_app.append(create_celery_app())
         return _worker_app[0]
+
+
+def _json_from_the_start(instance: Any = None, **_: Any) -> None:
+    """``celeryd_init``, before Celery's own logging is set up. With ``CXR_LOG_FORMAT=json``:
+    no start-up banner (it is not JSON; the same as ``celery -q``), and Python warnings go
+    through logging; until Celery replaces the root logger's handlers with its own (whose
+    formatters ``setup_worker_logging`` then turns to JSON), a JSON handler on stderr
+    takes them (Celery's warning about running as root comes before its logging)."""
+    import logging
+    import sys
+
+    from engine.logs import formatter, log_format, route_native_stderr
+
+    if log_format() != "json" or instance is None:
+        return
+    route_native_stderr()
+    instance.quiet = True
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter())
+        root.addHandler(handler)
 
 
 def __getattr__(name: str) -> Any:

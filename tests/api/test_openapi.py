@@ -54,8 +54,12 @@ def test_the_document_is_served_and_is_the_file(client: Any) -> None:
     on_disk = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text(encoding="utf-8"))
     assert served == on_disk
     assert served["openapi"].startswith("3.1.")
-    assert served["components"]["securitySchemes"]["jwt"] == {**served["components"]["securitySchemes"]["jwt"],
-                                                               "type": "apiKey", "in": "header", "name": "Authorization"}
+    assert served["components"]["securitySchemes"]["jwt"] == {
+        **served["components"]["securitySchemes"]["jwt"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+    }
 
 
 def test_every_route_is_documented_and_every_documented_route_exists(app: Any) -> None:
@@ -94,6 +98,43 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
     by_auth: Counter[str] = Counter()
     envelope_misses: list[str] = []
 
+    def send(case: Any, label: str) -> None:
+        generated = dict(case.headers or {})  # the security scheme makes it fuzz Authorization too
+        for auth in ("valid", "generated", "none"):
+            case.headers = {k: v for k, v in generated.items() if k.lower() != "authorization"}
+            headers = {"Authorization": token} if auth == "valid" else {}
+            if auth == "generated":
+                if not any(k.lower() == "authorization" for k in generated):
+                    continue
+                case.headers = generated
+            response = case.call(headers=headers)
+            statuses[response.status_code] += 1
+            counts[label] += 1
+            # A negative case may drop the header whatever we pass ("violates required"): count what was sent.
+            by_auth[auth if response.request.headers.get("Authorization") is not None else "none"] += 1
+            # No 500; a 503 the document names (/health without a worker) is an answer.
+            assert response.status_code != 500, (case.method, case.formatted_path, response.text[:300])
+            case.validate_response(response, checks=checks, headers=headers)
+            if 400 <= response.status_code < 500:
+                body = response.json()
+                if not (isinstance(body, dict) and set(body) == ENVELOPE_KEYS and body["Result"] == "Failure"):
+                    envelope_misses.append(f"{case.method} {case.formatted_path}: {response.status_code}")
+
+    def fuzz(strategy: Any, label: str, takes_input: bool) -> None:
+        @settings(
+            max_examples=EXAMPLES if takes_input else 3,  # /health waits 1 s for workers
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=strategy)
+        def run(case: Any) -> None:
+            send(case, label)
+
+        run()
+
     for result in schema.get_all_operations():
         operation = result.ok()
         raw = operation.definition.raw
@@ -101,41 +142,7 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
         # Nothing to break in an operation without input: negative mode has no example.
         modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_input else (GenerationMode.POSITIVE,)
         for mode in modes:
-
-            @settings(
-                max_examples=EXAMPLES if takes_input else 3,  # /health waits 1 s for workers
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                generated = dict(case.headers or {})  # the security scheme makes it fuzz Authorization too
-                for auth in ("valid", "generated", "none"):
-                    case.headers = {k: v for k, v in generated.items() if k.lower() != "authorization"}
-                    headers = {"Authorization": token} if auth == "valid" else {}
-                    if auth == "generated":
-                        if not any(k.lower() == "authorization" for k in generated):
-                            continue
-                        case.headers = generated
-                    response = case.call(headers=headers)
-                    statuses[response.status_code] += 1
-                    counts[f"{operation.label} {mode.value}"] += 1
-                    # A negative case may drop the header whatever we pass ("violates required"):
-                    # count what was sent.
-                    sent = response.request.headers.get("Authorization")
-                    by_auth[auth if sent is not None else "none"] += 1
-                    # No 500; a 503 the document names (/health without a worker) is an answer.
-                    assert response.status_code != 500, (case.method, case.formatted_path, response.text[:300])
-                    case.validate_response(response, checks=checks, headers=headers)
-                    if 400 <= response.status_code < 500:
-                        body = response.json()
-                        if not (isinstance(body, dict) and set(body) == ENVELOPE_KEYS and body["Result"] == "Failure"):
-                            envelope_misses.append(f"{case.method} {case.formatted_path}: {response.status_code}")
-
-            run()
+            fuzz(operation.as_strategy(generation_mode=mode), f"{operation.label} {mode.value}", takes_input)
 
     total = sum(counts.values())
     with capsys.disabled():

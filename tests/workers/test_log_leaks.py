@@ -10,6 +10,11 @@ every log (gunicorn's access log, the API log, the worker log) is searched.
 
 Patient *ids* may appear: they name the output folders, and logs carry paths. Names
 never may.
+
+The same again with ``CXR_LOG_FORMAT=json`` (a second live service, Redis database
+``json_logs``): every line of every log is one JSON object with the documented fields,
+the job's lines carry its ``job_id``, the worker's its ``task_id`` and ``file_index``,
+and the masking holds in that format too.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
+import pytest
 
 from api.ratelimit import KEY_PREFIX, TOO_MANY_FAILURES
-from tests.support.live import PATIENT_NAME, PATIENT_NAME_PARTS, LiveService
+from tests.support.live import PATIENT_NAME, PATIENT_NAME_PARTS, LiveService, live_service
+from tests.support.service import redis_db_url
+
+pytestmark = pytest.mark.service
 
 #: The live service runs with the default limit (CXR_AUTH_FAIL_LIMIT unset).
 DEFAULT_LIMIT = 20
@@ -47,6 +57,56 @@ def call(
 
 
 def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
+    exercise_and_search(live)
+
+
+@pytest.fixture(scope="module")
+def live_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    with live_service(tmp_path_factory.mktemp("live-json"), redis_db_url("json_logs"), CXR_LOG_FORMAT="json") as svc:
+        yield svc
+
+
+JSON_FIELDS = {"time", "level", "logger", "message", "process"}
+
+
+def test_json_logs_one_object_per_line_with_job_and_task_and_no_leak(live_json: LiveService) -> None:
+    job_id, logs = exercise_and_search(live_json)
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for name, text in logs.items():
+        lines[name] = []
+        for raw in text.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                raise AssertionError(f"{name}: not a JSON line: {raw[:300]!r}") from None
+            assert isinstance(line, dict) and JSON_FIELDS <= set(line), (name, line)
+            lines[name].append(line)
+    access = [line for line in lines["access.log"] if line.get("path") == "/bulk_inference"]
+    assert access and access[0]["method"] == "POST" and access[0]["status"] == 200
+    assert any(line.get("job_id") == job_id and line["logger"].startswith("api") for line in lines["api.log"])
+    worker_job = [line for line in lines["worker.log"] if line.get("job_id") == job_id]
+    assert {line.get("file_index") for line in worker_job} >= {0}, worker_job[:3]
+    assert all(line.get("task_id") for line in worker_job)
+    assert any(line.get("task_id", "").startswith("single-") for line in lines["worker.log"])
+    assert not any("celery@" in line["message"] and "v5" in line["message"] for line in lines["worker.log"])
+
+
+def decoded_messages(text: str) -> str:
+    """The text of a log; for JSON lines, each line's fields decoded (values, one per line)."""
+    out = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            out.append(raw)
+            continue
+        out.extend(str(v) for v in line.values()) if isinstance(line, dict) else out.append(raw)
+    return "\n".join(out)
+
+
+def exercise_and_search(live: LiveService) -> tuple[str, dict[str, str]]:
+    """A bulk job, both single inferences, a token in a URL, refused tokens up to the 429;
+    then every log is searched for secrets, tokens and the patient's name."""
     out = live.data / "out-logs"
     status, body, _ = call(
         live,
@@ -88,12 +148,14 @@ def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
     time.sleep(0.5)  # the worker's last lines
     logs = live.log_files()
     assert set(logs) == {"access.log", "api.log", "worker.log"}
+    # JSON lines are searched as written and as decoded (an escape must not hide a value).
+    decoded = {name: decoded_messages(text) for name, text in logs.items()}
     # The logs were written and cover what happened (or the search below proves nothing).
-    assert 'POST /bulk_inference HTTP/1.1" 200' in logs["access.log"]
-    assert f'GET /jobs/{job_id} HTTP/1.1" 429' in logs["access.log"]
-    assert f"job {job_id}: " in logs["api.log"]
-    assert "ratelimit" in logs["api.log"]
-    assert job_id in logs["worker.log"] and "cxr.infer_single" in logs["worker.log"]
+    assert 'POST /bulk_inference HTTP/1.1" 200' in decoded["access.log"]
+    assert f'GET /jobs/{job_id} HTTP/1.1" 429' in decoded["access.log"]
+    assert f"job {job_id}: " in decoded["api.log"]
+    assert "ratelimit" in decoded["api.log"]
+    assert job_id in decoded["worker.log"] and "cxr.infer_single" in decoded["worker.log"]
 
     forbidden = {
         "JWT secret": live.jwt_secret,
@@ -107,8 +169,9 @@ def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
     forbidden.update({f"patient name part {part}": part for part in PATIENT_NAME_PARTS})
     leaks = [
         f"{what} in {name}"
-        for name, text in logs.items()
+        for name, text in [*logs.items(), *decoded.items()]
         for what, value in forbidden.items()
         if value.lower() in text.lower()
     ]
     assert not leaks, leaks
+    return job_id, logs
