@@ -45,8 +45,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cxr_redis"] = store.client
     app.extensions["cxr_celery"] = celery
 
+    from api.request_metrics import init_request_metrics
     from engine.logs import clear_log_context
 
+    init_request_metrics(app)  # first: its clock starts before authentication and the limiter
     app.before_request(clear_log_context)  # gthread threads are reused: no job id from the last request
     init_auth(app)
     from api import inference_routes, job_routes, openapi

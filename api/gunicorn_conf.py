@@ -20,15 +20,24 @@ value comes from the environment (see the README's configuration table):
   safety net that masks anything shaped like a JWT and this process's secret values;
   with ``CXR_LOG_FORMAT=json`` (``engine.logs.formatter``) both logs are JSON lines, the
   access lines with ``method``, ``path``, ``status`` and ``duration_ms`` fields.
+* Metrics: with ``CXR_METRICS_PORT``, the master serves ``/metrics`` for all its
+  processes (prometheus-client's multiprocess mode) and the queue and job gauges read
+  from Redis at scrape time (``engine.monitoring``); bound to ``CXR_METRICS_HOST``
+  (127.0.0.1): do not expose it.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from engine import monitoring
 from engine.logs import log_format
 
 log_format()  # an unknown CXR_LOG_FORMAT stops gunicorn here, with the reason
+# Metrics (CXR_METRICS_PORT): every gunicorn process writes its values to one folder,
+# made here, in the master, before any worker is forked; the master serves their sum.
+monitoring.prepare_multiprocess("api")
 
 bind = f"{os.environ.get('CXR_HOST', '127.0.0.1')}:{os.environ.get('CXR_PORT', '8500')}"
 worker_class = "gthread"
@@ -59,3 +68,18 @@ logconfig_dict = {
         "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
     },
 }
+
+
+def when_ready(server: Any) -> None:
+    """The master, once listening: the metrics exporter (a thread of the master)."""
+    if monitoring.metrics_port() is None:
+        return
+    from engine.jobstore import JobStore
+    from workers.app import queue_names
+
+    store = JobStore.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), retries=0, socket_timeout=2.0)
+    monitoring.serve("api", [monitoring.StateCollector(store, queue_names())])
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    monitoring.process_exited(worker.pid)

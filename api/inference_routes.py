@@ -32,6 +32,7 @@ from api.requests import (
     require,
     server_path,
 )
+from engine import monitoring
 from engine.discovery import discover_inputs
 from engine.logs import bind_log_context
 from workers.canvas import send_bulk_job, send_finalize, send_single
@@ -167,6 +168,7 @@ def bulk_inference() -> Any:
         _fail_unsent_job(store, job_id)
         raise  # the broker error handler answers 503
     log.info("job %s: %d files sent, %d refused by discovery", job_id, len(found.files), len(found.refused))
+    monitoring.job_submitted(layout, found.refused)
     status_url = url_for("jobs.job_status", job_id=job_id)
     if not wait:
         return envelope(202, BULK_ACCEPTED, {"job_id": job_id, "status_url": status_url})

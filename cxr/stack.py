@@ -17,7 +17,8 @@ and a working ``curl`` line from one command, and get every process back with on
    exits 0; a child that dies stops the rest and exits 1, naming it.
 
 Settings: CXR_HOST, CXR_PORT, CXR_API_WORKERS, CXR_API_THREADS, CXR_WORKER_CONCURRENCY,
-FLOWER_PORT, CXR_VAR_DIR, CXR_LOG_FORMAT (``json``: this launcher's lines, the banner
+FLOWER_PORT, CXR_VAR_DIR, CXR_METRICS_PORT (the API's metrics port, default 9108; the
+worker's is the next one; both bound to CXR_METRICS_HOST, 127.0.0.1), CXR_LOG_FORMAT (``json``: this launcher's lines, the banner
 included, and those of the API and the worker are JSON lines; Flower's stay text). It never imports TensorFlow; ``api`` only to issue a token.
 """
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from types import FrameType
 
 from engine.logs import log_format, redact_handlers
+from engine.monitoring import metrics_host, metrics_port
 
 log = logging.getLogger("cxr.stack")
 
@@ -296,6 +298,7 @@ def banner(
     token: str,
     demo_in: Path,
     demo_out: Path,
+    metrics: str = "",
 ) -> str:
     """What the user needs, every command ready to paste (the test runs the curl line)."""
     user, _, password = auth.split(",")[0].partition(":")
@@ -317,6 +320,7 @@ def banner(
             f"  Flower:  {flower}  user {user}, password {shown}",
             f"  Redis:   {redis_url}" + (" (private, stops with the stack)" if private else ""),
             f"  Logs:    {logs}/{{api,worker,flower{',redis' if private else ''}}}.log",
+            *([f"  Metrics: {metrics}"] if metrics else []),
             f"  Token:   {prefix}REDIS_URL={shlex.quote(redis_url)} {cli_cmd} token issue --subject you",
             f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
             (
@@ -327,6 +331,24 @@ def banner(
             rule,
         ]
     )
+
+
+#: ``make run``'s metrics ports when CXR_METRICS_PORT is unset: the API's, and the worker's next to it.
+DEFAULT_METRICS_PORT = 9108
+
+
+def metrics_ports(environ: Mapping[str, str]) -> tuple[int, int]:
+    """The API's metrics port (``CXR_METRICS_PORT``, default 9108) and the worker's (the next one)."""
+    try:
+        port = metrics_port(environ) or DEFAULT_METRICS_PORT
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+    return port, port + 1
+
+
+def metrics_env(env: dict[str, str], state: Path, kind: str, port: int) -> dict[str, str]:
+    """A child's metrics settings: its own port, and its own multiprocess folder (wiped at its start)."""
+    return dict(env, CXR_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(state / "metrics" / kind))
 
 
 def banner_line(text: str) -> str:
@@ -349,6 +371,7 @@ def run(var: Path, demo_size: int) -> int:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     stack = Stack(logs)
     try:
+        api_metrics, worker_metrics = metrics_ports(os.environ)
         env["REDIS_URL"] = redis_url = resolve_redis(state, stack, env)
         if secret_file := local_secret_file(state):
             env["CXR_JWT_SECRET_FILE"] = str(secret_file)
@@ -375,12 +398,12 @@ def run(var: Path, demo_size: int) -> int:
                 "cxr-worker@%h",
                 "--loglevel=INFO",
             ],
-            env,
+            metrics_env(env, state, "worker", worker_metrics),
         )
         stack.start(
             "api",
             [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
-            dict(env, CXR_HOST=host, CXR_PORT=str(api_port)),
+            dict(metrics_env(env, state, "api", api_metrics), CXR_HOST=host, CXR_PORT=str(api_port)),
         )
         # The password reaches Flower as its own FLOWER_BASIC_AUTH setting, so `ps` never shows it.
         stack.start(
@@ -412,6 +435,10 @@ def run(var: Path, demo_size: int) -> int:
             token=token,
             demo_in=demo_in,
             demo_out=demo_out,
+            metrics=(
+                f"http://{metrics_host()}:{api_metrics}/metrics (API), "
+                f"http://{metrics_host()}:{worker_metrics}/metrics (worker); do not expose them"
+            ),
         )
         print(banner_line(text) if log_format() == "json" else text, flush=True)
 

@@ -47,9 +47,25 @@ def worker_app() -> Celery:
             signals.task_prerun.connect(bind_task_context, weak=False)
             signals.task_postrun.connect(clear_log_context, weak=False)
             signals.celeryd_init.connect(_json_from_the_start, weak=False)
+            signals.celeryd_init.connect(_start_metrics, weak=False)
             signals.worker_process_init.connect(route_native_stderr, weak=False)  # before the model loads
             _worker_app.append(create_celery_app())
         return _worker_app[0]
+
+
+def queue_names() -> list[str]:
+    """Every queue a task is routed to, and the default one (the metrics' queue depths)."""
+    routed = {str(route["queue"]) for route in celeryconfig.task_routes.values() if "queue" in route}
+    return sorted(routed | {celeryconfig.task_default_queue})
+
+
+def _start_metrics(**_: Any) -> None:
+    """``celeryd_init``, in the main process before the pool forks: with ``CXR_METRICS_PORT``,
+    the folder every prefork child writes its metrics to, and the exporter that sums them."""
+    from engine import monitoring
+
+    if monitoring.prepare_multiprocess("worker") is not None:
+        monitoring.serve("worker")
 
 
 def _json_from_the_start(instance: Any = None, **_: Any) -> None:

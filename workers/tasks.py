@@ -32,6 +32,7 @@ import base64
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 
 import celeryconfig
+from engine import monitoring
 from engine.delivery import decide_delivery
 from engine.jobstore import JobStore
 from engine.pipeline import analyse_file, process_file
@@ -71,11 +73,13 @@ def predictor() -> Predictor:
     """This process's model (loaded on first use if ``worker_process_init`` did not)."""
     with _lock:
         if "predictor" not in _state:
+            started = time.perf_counter()
             configure_tensorflow()
             p = Predictor(read_bundle())
             p.analyse_batch(p.preprocess(_warmup_image())[None])  # trace the graph now, not on a file
             prepare_fonts()  # and cut the report fonts: neither counts against a file's time limit
             _state["predictor"] = p
+            monitoring.model_loaded(p.bundle.identity(), p.bundle.thresholds, time.perf_counter() - started)
             log.info("model %s loaded in process %d", p.bundle.identity().get("name"), os.getpid())
         return _state["predictor"]
 
@@ -178,6 +182,7 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
         max_deliveries=settings().max_deliveries,
         worker=self.request.hostname,
     )
+    monitoring.delivery(delivery.action, delivery.deaths)
     if delivery.action == "ignore":
         log.warning("file %d of job %s not processed: the job is %s", index, job_id, delivery.job_state)
         return {"index": index, "status": "skipped", "job": delivery.job_state}
@@ -187,6 +192,7 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
     deaths = delivery.deaths
     if delivery.action == "give_up":
         log.error("file %d of job %s (%s): worker died %d times on it; given up", index, job_id, path, deaths)
+        monitoring.file_done({"status": "skipped", "reason": "worker_lost"}, "bulk")
         return {"index": index, "status": "skipped"}
     if deaths:
         log.warning(
@@ -205,6 +211,7 @@ def infer_file(self: Any, *, job_id: str, index: int, path: str, output: str, la
         }
         log.warning("file %d of job %s: soft time limit exceeded", index, job_id)
     record.update(index=index, worker=self.request.hostname)
+    monitoring.file_done(record, "bulk")
     if deaths:
         record["deliveries"] = deaths + 1
     if job_store().record_file(job_id, index, record) is None:
@@ -233,6 +240,7 @@ def infer_single(
                 patient_id_override=patient_id,
                 include_document=True,
             )
+            monitoring.file_done(record, "single")
             if record["status"] != "processed":
                 return record
             doc = record.pop("document")
@@ -248,13 +256,16 @@ def infer_single(
                 Path(path), predictor(), job_id=request_id, options=read_options(), patient_id_override=patient_id
             )
             doc = art.document
+            monitoring.file_done({"status": "processed", "timings_ms": art.timings_ms}, "single")
             images = {
                 kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
                 for kind in ("source_image", "heatmap", "report")
             }
     except CxrError as exc:
+        monitoring.file_done({"status": "skipped", "reason": exc.reason}, "single")
         return {"path": path, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
     except SoftTimeLimitExceeded:
+        monitoring.file_done({"status": "skipped", "reason": "timeout"}, "single")
         return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
     data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
     return {"path": path, "status": "processed", "worker": self.request.hostname, "data": data}
