@@ -77,6 +77,12 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=STAGE_BUCKETS,
 )
+DECODE_SECONDS = Histogram(
+    "cxr_decode_duration_seconds",
+    "Per-file read and decode time (the read_decode stage) by transfer syntax (pydicom's name for it)",
+    ["transfer_syntax"],
+    buckets=STAGE_BUCKETS,
+)
 DELIVERIES = Counter(
     "cxr_file_deliveries",
     "Bulk file task deliveries by decision (process, process_after_death, recorded, ignore, give_up)",
@@ -191,9 +197,13 @@ def file_done(record: Mapping[str, Any], kind: str) -> None:
         FILES_PROCESSED.labels(kind).inc()
     else:
         FILES_SKIPPED.labels(kind, str(record.get("reason") or "unknown")).inc()
-    for stage, ms in (record.get("timings_ms") or {}).items():
+    timings = record.get("timings_ms") or {}
+    for stage, ms in timings.items():
         if isinstance(ms, int | float):
             STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+    # Only a decoded file has a transfer syntax, and only one pydicom could decode: a bounded label.
+    if record.get("transfer_syntax") and isinstance(timings.get("read_decode"), int | float):
+        DECODE_SECONDS.labels(str(record["transfer_syntax"])).observe(timings["read_decode"] / 1000.0)
 
 
 def delivery(action: str, deaths: int) -> None:

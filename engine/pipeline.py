@@ -236,6 +236,7 @@ def process_file(
         rank=art.rank,
         result=art.document["result"],
         timings_ms=art.timings_ms,
+        transfer_syntax=art.document["provenance"].get("transfer_syntax"),  # the decode-time metric's label
     )
     if include_document:
         record["document"] = art.document

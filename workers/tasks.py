@@ -256,7 +256,14 @@ def infer_single(
                 Path(path), predictor(), job_id=request_id, options=read_options(), patient_id_override=patient_id
             )
             doc = art.document
-            monitoring.file_done({"status": "processed", "timings_ms": art.timings_ms}, "single")
+            monitoring.file_done(
+                {
+                    "status": "processed",
+                    "timings_ms": art.timings_ms,
+                    "transfer_syntax": doc["provenance"].get("transfer_syntax"),
+                },
+                "single",
+            )
             images = {
                 kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
                 for kind in ("source_image", "heatmap", "report")

@@ -7,13 +7,17 @@ a symbolic link out of the data roots (refused at discovery); refused tokens; re
 spread over both gunicorn processes. Then both exporters are scraped over HTTP: the
 counts are exact (so the processes' numbers were summed, not one process's shown), the
 scrape-time gauges read Redis, and every metric the dashboard (docs/grafana/cxr-engine.json)
-queries is one of the metrics served.
+queries is one of the metrics served. The real answers of this run (a finished bulk job,
+its record, a 401, a 404, /health with a worker) are checked against the OpenAPI document
+too: the Schemathesis run (tests/api/test_openapi.py) has no worker, so it never sees a
+success of these routes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -27,12 +31,24 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from cxr.stack import Child, free_port, stop_group
+from cxr.stack import Child, stop_group
 from tests.support.live import wait_http, warm_up
 from tests.support.service import ROOT, SECRET, WorkerProcess, redis_db_url, worker_env
 
 pytestmark = pytest.mark.service
 DASHBOARD = ROOT / "docs" / "grafana" / "cxr-engine.json"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free just now, held open together so that they differ."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 @dataclass
@@ -59,7 +75,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     (outside / "elsewhere.dcm").write_bytes(b"x")
     (data / "in" / "link-out.dcm").symlink_to(outside / "elsewhere.dcm")
     write_phantoms(data / "warm", 1, seed=7, size=96)
-    api_port, api_metrics, worker_metrics = free_port(), free_port(), free_port()
+    api_port, api_metrics, worker_metrics = free_ports(3)
     common = {"CXR_JWT_SECRET": SECRET, "CXR_DATA_ROOTS": str(data), "PYTHONUNBUFFERED": "1"}
     worker = WorkerProcess(
         "metrics", tmp / "worker.log", worker_env(redis_url, **common, CXR_METRICS_PORT=str(worker_metrics)), 2
@@ -118,6 +134,7 @@ def call(url: str, method: str = "GET", body: Any = None, token: str | None = No
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
+    assert "cxr_" in text, f"{url} is not our exporter (a port taken by another process?): {text[:300]}"
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -128,6 +145,19 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def matches_the_document(path: str, method: str, status: int, body: Any) -> None:
+    import jsonschema_rs
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "api" / "openapi.yaml").read_text(encoding="utf-8"))
+    response = doc["paths"][path][method]["responses"][str(status)]
+    if "$ref" in response:
+        response = doc["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    schema = {**response["content"]["application/json"]["schema"], "components": doc["components"]}
+    errors = [e.message for e in jsonschema_rs.Draft202012Validator(schema).iter_errors(body)]
+    assert not errors, (path, method, status, errors, body)
 
 
 def test_api_and_worker_metrics_count_across_processes_and_feed_the_dashboard(served: Served) -> None:
@@ -143,16 +173,27 @@ def test_api_and_worker_metrics_count_across_processes_and_feed_the_dashboard(se
         "unreadable_dicom",
         "outside_data_roots",
     }
+    matches_the_document("/bulk_inference", "post", 200, body)
     job = f"/jobs/{summary['job_id']}"
     for _ in range(10):  # a new connection each: gunicorn's two processes share them
-        assert call(served.url + job, token=served.token)[0] == 200
+        status, record = call(served.url + job, token=served.token)
+        assert status == 200
+    matches_the_document("/jobs/{job_id}", "get", 200, record)
     for _ in range(3):
-        assert call(served.url + job, token="not-a-token")[0] == 401
+        status, refused = call(served.url + job, token="not-a-token")
+        assert status == 401
+    matches_the_document("/jobs/{job_id}", "get", 401, refused)
+    status, unknown = call(served.url + "/jobs/" + "0" * 32, token=served.token)
+    matches_the_document("/jobs/{job_id}", "get", 404, unknown)
+    status, health = call(served.url + "/health", token=served.token)
+    assert status == 200
+    matches_the_document("/health", "get", 200, health)
     assert call(served.url + "/no/such/route", token=served.token)[0] == 404
 
     api = scrape(served.api_metrics)
     # 10 polls through 2 processes, counted once each: the exporter sums every process.
     assert value(api, "cxr_api_requests_total", route="/jobs/<job_id>", method="GET", status="200") == 10
+    assert value(api, "cxr_api_requests_total", route="/jobs/<job_id>", method="GET", status="404") == 1
     assert value(api, "cxr_api_requests_total", route="/bulk_inference", status="200") == 1
     assert value(api, "cxr_api_requests_total", route="<unmatched>", status="404") == 1
     assert value(api, "cxr_api_auth_refused_total", status="401", message="Invalid token") == 3
@@ -170,6 +211,8 @@ def test_api_and_worker_metrics_count_across_processes_and_feed_the_dashboard(se
     assert value(worker, "cxr_files_skipped_total", kind="bulk", reason="unreadable_dicom") == 1
     assert value(worker, "cxr_stage_duration_seconds_count", stage="forward_gradcam") == 4
     assert value(worker, "cxr_stage_duration_seconds_count", stage="publish") == 3  # single: not saved
+    decoded = {dict(ls)["transfer_syntax"] for (n, ls), v in worker.items() if n == "cxr_decode_duration_seconds_count"}
+    assert decoded and all(decoded), decoded  # the phantoms' syntaxes, by pydicom's names
     assert value(worker, "cxr_file_deliveries_total", action="process") == 4
     assert value(worker, "cxr_jobs_finished_total", status="completed") == 1
     # Both prefork children loaded the model; both are in the one answer.
