@@ -8,7 +8,12 @@
    and sends each with a valid token, with the ``Authorization`` value it generated
    from the security scheme (garbage) and with none. Every answer must be no
    5xx but a documented 503, have a documented status and content type, match the
-   response schema, and every 4xx must carry the envelope. (Schemathesis's own
+   response schema, and every 4xx must carry the envelope; data that breaks the document
+   must be refused with a 4xx, a request to a secured route without a token or with a
+   generated one with a 401 (or 429), whatever else it holds (Schemathesis's
+   ``ignored_auth`` knows only tokens given through its own auth configuration), a method
+   a route does not serve with a 405 and an ``Allow`` header (the checks make those
+   extra requests). (Schemathesis's own
    ``not_a_server_error`` is left out: it counts the documented 503 of ``/health``
    without a worker as a server error.) The number of examples per
    operation and mode is bounded (``EXAMPLES``) so that the run stays well under a
@@ -86,19 +91,31 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
     from hypothesis import HealthCheck, Phase, given, settings
     from schemathesis import GenerationMode
     from schemathesis.checks import (
+        allow_header_conformance,
         content_type_conformance,
+        missing_required_header,
+        negative_data_rejection,
         response_schema_conformance,
         status_code_conformance,
+        unsupported_method,
     )
 
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
-    checks = [status_code_conformance, content_type_conformance, response_schema_conformance]
+    checks = [
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        negative_data_rejection,  # data that breaks the document gets a 4xx
+        missing_required_header,  # a required header left out: a 4xx
+        unsupported_method,  # a method the route does not serve: 405
+        allow_header_conformance,  # ... with an Allow header naming the documented methods
+    ]
     counts: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     by_auth: Counter[str] = Counter()
     envelope_misses: list[str] = []
 
-    def send(case: Any, label: str) -> None:
+    def send(case: Any, label: str, secured: bool) -> None:
         generated = dict(case.headers or {})  # the security scheme makes it fuzz Authorization too
         for auth in ("valid", "generated", "none"):
             case.headers = {k: v for k, v in generated.items() if k.lower() != "authorization"}
@@ -111,7 +128,10 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
             statuses[response.status_code] += 1
             counts[label] += 1
             # A negative case may drop the header whatever we pass ("violates required"): count what was sent.
-            by_auth[auth if response.request.headers.get("Authorization") is not None else "none"] += 1
+            sent = response.request.headers.get("Authorization")
+            by_auth[auth if sent is not None else "none"] += 1
+            if secured and (sent is None or auth == "generated"):  # no token or a garbage one: refused, always
+                assert response.status_code in (401, 429), (auth, case.method, case.formatted_path, response.text)
             # No 500; a 503 the document names (/health without a worker) is an answer.
             assert response.status_code != 500, (case.method, case.formatted_path, response.text[:300])
             case.validate_response(response, checks=checks, headers=headers)
@@ -120,7 +140,7 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
                 if not (isinstance(body, dict) and set(body) == ENVELOPE_KEYS and body["Result"] == "Failure"):
                     envelope_misses.append(f"{case.method} {case.formatted_path}: {response.status_code}")
 
-    def fuzz(strategy: Any, label: str, takes_input: bool) -> None:
+    def fuzz(strategy: Any, label: str, takes_input: bool, secured: bool) -> None:
         @settings(
             max_examples=EXAMPLES if takes_input else 3,  # /health waits 1 s for workers
             deadline=None,
@@ -131,7 +151,7 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
         )
         @given(case=strategy)
         def run(case: Any) -> None:
-            send(case, label)
+            send(case, label, secured)
 
         run()
 
@@ -139,10 +159,11 @@ def test_schemathesis_finds_nothing(app: Any, token: str, capsys: pytest.Capture
         operation = result.ok()
         raw = operation.definition.raw
         takes_input = bool(raw.get("parameters") or raw.get("requestBody"))
+        secured = raw.get("security", schema.raw_schema["security"]) != []
         # Nothing to break in an operation without input: negative mode has no example.
         modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_input else (GenerationMode.POSITIVE,)
         for mode in modes:
-            fuzz(operation.as_strategy(generation_mode=mode), f"{operation.label} {mode.value}", takes_input)
+            fuzz(operation.as_strategy(generation_mode=mode), f"{operation.label} {mode.value}", takes_input, secured)
 
     total = sum(counts.values())
     with capsys.disabled():
