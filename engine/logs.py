@@ -27,6 +27,7 @@ redacted before it is encoded, and the encoded line once more.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
@@ -192,38 +193,71 @@ def formatter(
     return RedactingFormatter(fmt, datefmt)
 
 
-_native: dict[str, int] = {}
+#: Per routed fd (1, 2): the process that routed it, the original target, the pipe's read end.
+_native: dict[int, dict[str, int]] = {}
+_pumps: dict[tuple[int, int], threading.Thread] = {}
 _NATIVE_LEVEL = re.compile(r"^([IWEF])\d{4} ")
 _NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+_STREAMS = {1: ("native.stdout", logging.INFO), 2: ("native.stderr", logging.WARNING)}
 
 
-def route_native_stderr(*_: Any, **__: Any) -> None:
-    """With ``CXR_LOG_FORMAT=json``, what native code writes to this process's stderr
-    (TensorFlow's C++ runtime, absl, CUDA: ``W0000 ...``, "All log messages before
-    absl::InitializeLog() ...") becomes JSON lines too (logger ``native.stderr``).
+def route_native_output(*_: Any, **__: Any) -> None:
+    """With ``CXR_LOG_FORMAT=json``, what is written to this process's stdout and stderr
+    outside logging becomes JSON lines too: native code (TensorFlow's C++ runtime, absl,
+    CUDA: ``W0000 ...``; logger ``native.stderr``) and Celery's direct prints (``worker:
+    Warm shutdown``; logger ``native.stdout``).
 
-    File descriptor 2 becomes a pipe that a daemon thread reads line by line: a line
-    that already is a JSON object (the logging handlers' own) passes unchanged, any other
-    is wrapped and redacted. Once per process (a forked child sets up its own pipe, so
-    processes never interleave in one pipe); a no-op in the text format.
+    File descriptors 1 and 2 each become a pipe that a daemon thread reads line by line:
+    a line that already is a JSON object (the logging handlers' own) passes unchanged, any
+    other is wrapped and redacted. Once per process (a forked child sets up its own pipes,
+    so processes never interleave in one pipe); a no-op in the text format.
     """
-    if log_format() != "json" or _native.get("pid") == os.getpid():
+    if log_format() != "json":
         return
-    sys.stderr.flush()
-    if "target" in _native:  # a child: the parent's pipe is not ours; write where the parent writes
-        target = _native["target"]
-        os.close(_native["read"])
-    else:
-        target = os.dup(2)
-    read, write = os.pipe()
-    os.dup2(write, 2)
-    os.close(write)
-    _native.update(pid=os.getpid(), target=target, read=read)
-    threading.Thread(target=_pump, args=(read, target), name="native-stderr", daemon=True).start()
+    for fd in (1, 2):
+        state = _native.get(fd)
+        if state is not None and state["pid"] == os.getpid():
+            continue
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        if state is not None:  # a child: the parent's pipe is not ours; write where the parent writes
+            target = state["target"]
+            os.close(state["read"])
+        else:
+            target = os.dup(fd)
+        read, write = os.pipe()
+        os.dup2(write, fd)
+        os.close(write)
+        _native[fd] = {"pid": os.getpid(), "target": target, "read": read}
+        pump = threading.Thread(target=_pump, args=(read, target, fd), name=f"native-fd{fd}", daemon=True)
+        pump.start()
+        _pumps[(os.getpid(), fd)] = pump
+    atexit.register(stop_native_output)
 
 
-def _pump(read: int, target: int) -> None:
+def stop_native_output(*_: Any, **__: Any) -> None:
+    """Give fds 1 and 2 back and let the pumps drain what is left (the last lines of a
+    process that exits: atexit, and Celery's ``worker_process_shutdown`` for prefork
+    children, which leave with ``os._exit``)."""
+    for fd in (1, 2):
+        pump = _pumps.pop((os.getpid(), fd), None)
+        if pump is None:
+            continue
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os.dup2(_native[fd]["target"], fd)  # the pipe's last write end here closes: the pump reads to EOF
+        pump.join(timeout=2.0)
+
+
+def _pump(read: int, target: int, fd: int) -> None:
     fmt = formatter()
+    name, default_level = _STREAMS[fd]
     with os.fdopen(read, "rb", closefd=False) as stream:
         for raw in stream:
             try:
@@ -238,10 +272,10 @@ def _pump(read: int, target: int) -> None:
                     except ValueError:
                         pass
                 match = _NATIVE_LEVEL.match(text)
-                level = _NATIVE_LEVELS[match.group(1)] if match else logging.WARNING
-                record = logging.LogRecord("native.stderr", level, "", 0, text, None, None)
+                level = _NATIVE_LEVELS[match.group(1)] if match else default_level
+                record = logging.LogRecord(name, level, "", 0, text, None, None)
                 os.write(target, fmt.format(record).encode("utf-8") + b"\n")
-            except Exception:  # noqa: BLE001, S112 - the pump must outlive any line, or writers to fd 2 block
+            except Exception:  # noqa: BLE001, S112 - the pump must outlive any line, or writers to the fd block
                 continue
 
 

@@ -38,7 +38,13 @@ def worker_app() -> Celery:
     """The worker's app, made once per process, with the worker's logging hooks."""
     with _lock:
         if not _worker_app:
-            from engine.logs import bind_task_context, clear_log_context, route_native_stderr, setup_worker_logging
+            from engine.logs import (
+                bind_task_context,
+                clear_log_context,
+                route_native_output,
+                setup_worker_logging,
+                stop_native_output,
+            )
 
             # What a worker's log never carries (task results hold patient names; engine/logs.py).
             signals.after_setup_logger.connect(setup_worker_logging, weak=False)
@@ -48,7 +54,8 @@ def worker_app() -> Celery:
             signals.task_postrun.connect(clear_log_context, weak=False)
             signals.celeryd_init.connect(_json_from_the_start, weak=False)
             signals.celeryd_init.connect(_start_metrics, weak=False)
-            signals.worker_process_init.connect(route_native_stderr, weak=False)  # before the model loads
+            signals.worker_process_init.connect(route_native_output, weak=False)  # before the model loads
+            signals.worker_process_shutdown.connect(stop_native_output, weak=False)
             _worker_app.append(create_celery_app())
         return _worker_app[0]
 
@@ -77,11 +84,11 @@ def _json_from_the_start(instance: Any = None, **_: Any) -> None:
     import logging
     import sys
 
-    from engine.logs import formatter, log_format, route_native_stderr
+    from engine.logs import formatter, log_format, route_native_output
 
     if log_format() != "json" or instance is None:
         return
-    route_native_stderr()
+    route_native_output()
     instance.quiet = True
     logging.captureWarnings(True)
     root = logging.getLogger()
