@@ -202,3 +202,31 @@ def test_docs_link_points_at_the_served_file() -> None:
     link = ROOT / "docs" / "openapi.yaml"
     assert link.resolve() == (ROOT / "api" / "openapi.yaml").resolve()
     assert Path(link).read_text(encoding="utf-8").startswith("# The HTTP contract")
+
+
+def test_the_document_is_served_to_a_locked_out_address(data_root: Path) -> None:
+    """Like /ping, /openapi.json is exempt from the failed-authentication limit."""
+    import redis
+
+    from api import create_app
+    from tests.support.service import SECRET, redis_db_url
+
+    url = redis_db_url("rate_limit")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        app = create_app(
+            {
+                "REDIS_URL": url,
+                "CXR_JWT_SECRET": SECRET,
+                "CXR_DATA_ROOTS": str(data_root),
+                "CXR_AUTH_FAIL_LIMIT": "2 per minute",
+            }
+        )
+        web = app.test_client()
+        assert [web.get("/health").status_code for _ in range(3)] == [401, 401, 429]
+        assert web.get("/openapi.json").status_code == 200
+        assert web.get("/ping").status_code == 200
+    finally:
+        client.flushdb()
+        client.close()
