@@ -23,6 +23,7 @@ DEFAULT_QUEUE = celeryconfig.DEFAULT_QUEUE
 
 _lock = threading.Lock()
 _worker_app: list[Celery] = []
+_metrics_served: list[int] = []
 
 
 def create_celery_app(redis_url: str | None = None) -> Celery:
@@ -54,6 +55,7 @@ def worker_app() -> Celery:
             signals.task_postrun.connect(clear_log_context, weak=False)
             signals.celeryd_init.connect(_json_from_the_start, weak=False)
             signals.celeryd_init.connect(_start_metrics, weak=False)
+            signals.worker_ready.connect(_announce_metrics, weak=False)
             signals.worker_process_init.connect(route_native_output, weak=False)  # before the model loads
             signals.worker_process_shutdown.connect(stop_native_output, weak=False)
             _worker_app.append(create_celery_app())
@@ -72,7 +74,19 @@ def _start_metrics(**_: Any) -> None:
     from engine import monitoring
 
     if monitoring.prepare_multiprocess("worker") is not None:
-        monitoring.serve("worker")
+        port = monitoring.serve("worker")
+        if port is not None:
+            _metrics_served.append(port)
+
+
+def _announce_metrics(**_: Any) -> None:
+    """``worker_ready``: say where the metrics are, now that the worker's log exists."""
+    import logging
+
+    from engine.monitoring import metrics_host
+
+    for port in _metrics_served:
+        logging.getLogger(__name__).info("worker metrics on http://%s:%d/metrics (do not expose)", metrics_host(), port)
 
 
 def _json_from_the_start(instance: Any = None, **_: Any) -> None:

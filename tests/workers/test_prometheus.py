@@ -58,6 +58,7 @@ class Served:
     worker_metrics: str
     data: Path
     token: str
+    logs: Path
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         worker.wait_ready(create_celery_app(redis_url))
         warm_up(url, token, data / "warm")
         yield Served(
-            url, f"http://127.0.0.1:{api_metrics}/metrics", f"http://127.0.0.1:{worker_metrics}/metrics", data, token
+            url,
+            f"http://127.0.0.1:{api_metrics}/metrics",
+            f"http://127.0.0.1:{worker_metrics}/metrics",
+            data,
+            token,
+            tmp,
         )
     finally:
         worker.stop()
@@ -220,6 +226,10 @@ def test_api_and_worker_metrics_count_across_processes_and_feed_the_dashboard(se
     info = [ls for (n, ls), v in worker.items() if n == "cxr_model_info" and v == 1]
     assert info and dict(info[0])["name"] == "cxr-demo-cnn" and dict(info[0])["demo"] == "true"
     assert value(worker, "cxr_model_threshold", finding="Tuberculosis") > 0
+
+    # Each process kind says in its log where its metrics are.
+    assert f"api metrics on {served.api_metrics} (do not expose)" in (served.logs / "api.log").read_text()
+    assert f"worker metrics on {served.worker_metrics} (do not expose)" in (served.logs / "worker.log").read_text()
 
     served_names = {name for name, _ in api} | {name for name, _ in worker}
     queried = dashboard_metrics()
