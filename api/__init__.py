@@ -40,7 +40,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from engine.jobstore import JobStore
     from workers.app import create_celery_app
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: every route is in api/openapi.yaml
     app.config.update(load_config(overrides=test_config))
     app.config["MAX_CONTENT_LENGTH"] = app.config["CXR_MAX_BODY_BYTES"]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -53,13 +53,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cxr_redis"] = store.client
     app.extensions["cxr_celery"] = celery
 
+    from api.request_metrics import init_request_metrics
+    from engine.logs import clear_log_context
+
+    init_request_metrics(app)  # first: its clock starts before authentication and the limiter
+    app.before_request(clear_log_context)  # gthread threads are reused: no job id from the last request
     init_auth(app)
-    from api import inference_routes, job_routes
+    from api import inference_routes, job_routes, openapi
 
     app.register_blueprint(job_routes.bp)
     app.register_blueprint(inference_routes.bp)
     inference_routes.init_bulk(app)
-    init_rate_limit(app)  # after the blueprints: it exempts /ping by its view function
+    app.register_blueprint(openapi.bp)
+    init_rate_limit(app)  # after the blueprints: it exempts /ping and /openapi.json by their view functions
     _register_error_handlers(app)
     return app
 

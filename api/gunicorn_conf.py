@@ -22,12 +22,27 @@ value comes from the environment (see the README's configuration table):
   puts in a URL never reaches it (the API reads tokens only from the header). The
   application's own loggers (``api.*``, ``flask-limiter``) and gunicorn's error log go to
   stderr at INFO. Every handler formats through ``engine.logs.RedactingFormatter``, the
-  safety net that masks anything shaped like a JWT and this process's secret values.
+  safety net that masks anything shaped like a JWT and this process's secret values;
+  with ``CXR_LOG_FORMAT=json`` (``engine.logs.formatter``) both logs are JSON lines, the
+  access lines with ``method``, ``path``, ``status`` and ``duration_ms`` fields.
+* Metrics: with ``CXR_METRICS_PORT``, the master serves ``/metrics`` for all its
+  processes (prometheus-client's multiprocess mode) and the queue and job gauges read
+  from Redis at scrape time (``engine.monitoring``); bound to ``CXR_METRICS_HOST``
+  (127.0.0.1): do not expose it.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from engine import monitoring
+from engine.logs import log_format
+
+log_format()  # an unknown CXR_LOG_FORMAT stops gunicorn here, with the reason
+# Metrics (CXR_METRICS_PORT): every gunicorn process writes its values to one folder,
+# made here, in the master, before any worker is forked; the master serves their sum.
+monitoring.prepare_multiprocess("api")
 
 from api.gunicorn_worker import header_timeout_s
 
@@ -47,10 +62,10 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {
         "generic": {
-            "()": "engine.logs.RedactingFormatter",
+            "()": "engine.logs.formatter",
             "fmt": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         },
-        "access": {"()": "engine.logs.RedactingFormatter", "fmt": "%(message)s"},
+        "access": {"()": "engine.logs.formatter", "fmt": "%(message)s"},
     },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
@@ -62,3 +77,18 @@ logconfig_dict = {
         "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
     },
 }
+
+
+def when_ready(server: Any) -> None:
+    """The master, once listening: the metrics exporter (a thread of the master)."""
+    if monitoring.metrics_port() is None:
+        return
+    from engine.jobstore import JobStore
+    from workers.app import queue_names
+
+    store = JobStore.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), retries=0, socket_timeout=2.0)
+    monitoring.serve("api", [monitoring.StateCollector(store, queue_names())])
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    monitoring.process_exited(worker.pid)

@@ -54,7 +54,9 @@ from api.requests import (
     require,
     server_path,
 )
+from engine import monitoring
 from engine.discovery import discover_inputs
+from engine.logs import bind_log_context
 from workers.canvas import send_bulk_job, send_finalize, send_single
 from workers.single import take_outcome, wait_done
 
@@ -104,6 +106,7 @@ def single_inference() -> Any:
     wait_s = float(current_app.config["CXR_SINGLE_WAIT_S"])
     celery = current_app.extensions["cxr_celery"]
     task_id = f"single-{uuid.uuid4().hex}"
+    bind_log_context(task_id=task_id)
     send_single(
         celery,
         request_id=task_id,
@@ -202,6 +205,7 @@ def _bulk(
     make_output_folder(output, str(raw_output))
 
     job_id = uuid.uuid4().hex
+    bind_log_context(job_id=job_id)
     store = current_app.extensions["cxr_jobs"]
     # Files 0..n-1 go to workers; the ones discovery refused (symbolic links out of the
     # roots, FIFOs...) take the indexes after them and are recorded before the chord is
@@ -213,6 +217,7 @@ def _bulk(
     for index, record in enumerate(found.refused, start=len(found.files)):
         store.record_file(job_id, index, {**record, "status": "skipped", "stage": "discovery", "index": index})
     celery = current_app.extensions["cxr_celery"]
+    monitoring.job_submitted(layout, found.refused)  # the record exists: the job is submitted
     status_url = url_for("jobs.job_status", job_id=job_id)
     send = (store, celery, job_id, found.files, str(output), layout, len(found.refused), dicom_outputs)
     if not wait:

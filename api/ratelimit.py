@@ -1,7 +1,7 @@
 """Failed authentications per client address are rate-limited (Flask-Limiter, Redis storage).
 
 Only answers with status 401 count (``deduct_when``), one counter per client address
-across every route but ``/ping`` (an application-wide limit, moving window,
+across every route but ``/ping`` and ``/openapi.json`` (an application-wide limit, moving window,
 ``CXR_AUTH_FAIL_LIMIT``, default 20 per minute). Once an address is over the limit,
 *every* request from it but ``/ping`` answers 429, a valid token included, until the
 window has room again: checking the token first and answering 429 only for bad ones
@@ -56,6 +56,7 @@ def init_rate_limit(app: Flask) -> Limiter:
         headers_enabled=False,  # no X-RateLimit-* on every answer; Retry-After on the 429 only
     )
     limiter.exempt(app.view_functions["jobs.ping"])
+    limiter.exempt(app.view_functions["openapi.openapi"])
 
     @app.errorhandler(RateLimitExceeded)
     def _too_many(_exc: RateLimitExceeded) -> Any:

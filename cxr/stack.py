@@ -25,7 +25,11 @@ and a working ``curl`` line from one command, and get every process back with on
    exits 0; a child that dies stops the rest and exits 1, naming it.
 
 Settings: CXR_HOST, CXR_PORT, CXR_API_WORKERS, CXR_API_THREADS, CXR_WORKER_CONCURRENCY,
-FLOWER_PORT, CXR_VAR_DIR, CXR_RUN_PRIVATE_REDIS. It never imports TensorFlow; ``api`` only to issue a token.
+FLOWER_PORT, CXR_VAR_DIR, CXR_RUN_PRIVATE_REDIS, CXR_METRICS_PORT (the API's metrics port,
+default 9108; the worker's is the next one; both bound to CXR_METRICS_HOST, 127.0.0.1),
+CXR_LOG_FORMAT (``json``: this launcher's lines, the banner included, and those of the
+API and the worker are JSON lines; Flower's stay text). It never imports TensorFlow;
+``api`` only to issue a token.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
-from engine.logs import redact_also, redact_handlers
+from engine.logs import log_format, redact_also, redact_handlers
+from engine.monitoring import metrics_host, metrics_port
 
 log = logging.getLogger("cxr.stack")
 
@@ -329,6 +334,7 @@ def banner(
     demo_in: Path,
     demo_out: Path,
     dicom: str = "",
+    metrics: str = "",
 ) -> str:
     """What the user needs, every command ready to paste (the test runs the curl line)."""
     user, _, password = auth.split(",")[0].partition(":")
@@ -351,6 +357,7 @@ def banner(
             f"  Redis:   {masked_url(redis_url)}" + (" (private, stops with the stack)" if private else ""),
             f"  DICOM:   {dicom} (C-STORE studies here; results with DICOM outputs in dicom-results/)",
             f"  Logs:    {logs}/{{api,worker,flower,dicom-node{',redis' if private else ''}}}.log",
+            *([f"  Metrics: {metrics}"] if metrics else []),
             f'  Token:   {prefix}REDIS_URL="$(cat {shlex.quote(str(redis_url_file))})" {cli_cmd} token issue --subject you',
             f"  Demo:    bulk inference on {demo_in} (outputs in {demo_out}), demo token valid 1 day:",
             (
@@ -361,6 +368,33 @@ def banner(
             rule,
         ]
     )
+
+
+#: ``make run``'s metrics ports when CXR_METRICS_PORT is unset: the API's, and the worker's next to it.
+DEFAULT_METRICS_PORT = 9108
+
+
+def metrics_ports(environ: Mapping[str, str]) -> tuple[int, int]:
+    """The API's metrics port (``CXR_METRICS_PORT``, default 9108) and the worker's (the next one)."""
+    try:
+        port = metrics_port(environ) or DEFAULT_METRICS_PORT
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+    return port, port + 1
+
+
+def metrics_env(env: dict[str, str], state: Path, kind: str, port: int) -> dict[str, str]:
+    """A child's metrics settings: its own port, and its own multiprocess folder (wiped at its start)."""
+    return dict(env, CXR_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(state / "metrics" / kind))
+
+
+def banner_line(text: str) -> str:
+    """The banner as one JSON object (``CXR_LOG_FORMAT=json``), on stdout like the text one.
+
+    Not through the logging handlers: they would mask the demo token the banner exists to give.
+    """
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps({"time": stamp, "level": "INFO", "logger": log.name, "message": text}, ensure_ascii=False)
 
 
 def run(var: Path, demo_size: int) -> int:
@@ -374,6 +408,7 @@ def run(var: Path, demo_size: int) -> int:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     stack = Stack(logs)
     try:
+        api_metrics, worker_metrics = metrics_ports(os.environ)
         env["REDIS_URL"] = redis_url = resolve_redis(state, stack, env)
         redis_url_file = write_url_file(state, redis_url)
         if secret_file := local_secret_file(state):
@@ -401,12 +436,12 @@ def run(var: Path, demo_size: int) -> int:
                 "cxr-worker@%h",
                 "--loglevel=INFO",
             ],
-            env,
+            metrics_env(env, state, "worker", worker_metrics),
         )
         stack.start(
             "api",
             [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
-            dict(env, CXR_HOST=host, CXR_PORT=str(api_port)),
+            dict(metrics_env(env, state, "api", api_metrics), CXR_HOST=host, CXR_PORT=str(api_port)),
         )
         # Flower's password and the broker URL (with Redis's) reach it in its environment, as its
         # own FLOWER_BASIC_AUTH and Celery's CELERY_BROKER_URL, so `ps` never shows them.
@@ -437,23 +472,25 @@ def run(var: Path, demo_size: int) -> int:
             if r.strip()
         ):
             log.warning("%s is outside CXR_DATA_ROOTS: the demo request below will be refused", demo_in)
-        print(
-            banner(
-                api=api,
-                flower=flower,
-                auth=auth,
-                redis_url=redis_url,
-                redis_url_file=redis_url_file,
-                logs=logs,
-                private=any(c.name == "redis" for c in stack.children),
-                secret_file=secret_file,
-                token=token,
-                demo_in=demo_in,
-                demo_out=demo_out,
-                dicom=f"AE {dicom_ae} on {client_host}:{dicom_port}",
+        text = banner(
+            api=api,
+            flower=flower,
+            auth=auth,
+            redis_url=redis_url,
+            redis_url_file=redis_url_file,
+            logs=logs,
+            private=any(c.name == "redis" for c in stack.children),
+            secret_file=secret_file,
+            token=token,
+            demo_in=demo_in,
+            demo_out=demo_out,
+            dicom=f"AE {dicom_ae} on {client_host}:{dicom_port}",
+            metrics=(
+                f"http://{metrics_host()}:{api_metrics}/metrics (API), "
+                f"http://{metrics_host()}:{worker_metrics}/metrics (worker); do not expose them"
             ),
-            flush=True,
         )
+        print(banner_line(text) if log_format() == "json" else text, flush=True)
 
         while (dead := stack.first_dead()) is None:
             time.sleep(0.5)
@@ -492,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--demo-size", type=int, default=1024, help="demo phantom size in pixels (default 1024)")
     args = parser.parse_args(argv)
+    try:
+        log_format()
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
     redact_handlers(logging.getLogger())  # e.g. a REDIS_URL with a password in a start-up error
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -41,6 +41,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from engine.monitoring import job_finished
 from engine.summary import failed_summary
 
 JOB_KEY = "cxr:job:{job_id}"
@@ -270,6 +271,19 @@ class JobStore:
     def active_jobs(self) -> list[str]:
         return sorted(str(j) for j in self.client.smembers(ACTIVE_KEY))
 
+    def active_overview(self) -> list[dict[str, str]]:
+        """Status, ``created_at`` and ``started_at`` of every unfinished job (the metrics'
+        scrape-time gauges, ``engine.monitoring``); one round trip for the lot."""
+        ids = self.active_jobs()
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(JOB_KEY.format(job_id=job_id), ["status", "created_at", "started_at"])
+        jobs = []
+        for status, created, started in pipe.execute() if ids else []:
+            if status is not None and status not in FINISHED:  # an expired record is not a running job
+                jobs.append({"status": str(status), "created_at": created or "", "started_at": started or ""})
+        return jobs
+
     def forget_active(self, job_id: str) -> None:
         self.client.srem(ACTIVE_KEY, job_id)
 
@@ -306,6 +320,7 @@ class JobStore:
         pipe.hdel(key, "stalled_seen_at")
         pipe.srem(ACTIVE_KEY, job_id)
         pipe.execute()
+        job_finished(str(summary["status"]))
 
     def progress(self, job_id: str) -> JobProgress | None:
         fields = self.client.hmget(

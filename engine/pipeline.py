@@ -356,6 +356,7 @@ def process_file(
         rank=art.rank,
         result=art.document["result"],
         timings_ms=art.timings_ms,
+        transfer_syntax=art.document["provenance"].get("transfer_syntax"),  # the decode-time metric's label
     )
     if art.dicom_error:
         record["dicom_outputs_error"] = art.dicom_error

@@ -195,7 +195,7 @@ def read_sr_findings(sr: Dataset) -> list[dict[str, Any]]:
     return [found[label] for label in LABELS if label in found]
 
 
-def assessed_findings(document: dict[str, Any]) -> list[dict[str, Any]]:
+def assessed_findings(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The document's findings for the conditions the model assesses (a bundle may map its
     labels onto some of the 11 only: the others have no probability to report)."""
     return [f for f in document["findings"] if f.get("assessed", True) and f.get("confidence") is not None]

@@ -42,6 +42,8 @@ REDIS_DBS: dict[str, int] = {
     "service": 12,  # the session's API and worker (tests/support/service_fixtures.py)
     "time_limits": 14,  # tests/workers/test_time_limits.py
     "idle": 15,  # tests/api/test_job_records.py: a database no worker listens on
+    "json_logs": 13,  # tests/workers/test_log_leaks.py: the live service with CXR_LOG_FORMAT=json
+    "metrics": 8,  # tests/workers/test_prometheus.py: gunicorn and a worker serving metrics
     "missing": 99,  # past Redis's 16 databases: every command fails
 }
 

@@ -51,6 +51,7 @@ class QueueOrder(priority_cycle):
 
 _lock = threading.Lock()
 _worker_app: list[Celery] = []
+_metrics_served: list[int] = []
 
 
 #: The keyword arguments of ``cxr.*`` tasks that events and Flower may show.
@@ -90,12 +91,26 @@ def worker_app() -> Celery:
     """The worker's app, made once per process, with the worker's logging hooks."""
     with _lock:
         if not _worker_app:
-            from engine.logs import setup_worker_logging
+            from engine.logs import (
+                bind_task_context,
+                clear_log_context,
+                route_native_output,
+                setup_worker_logging,
+                stop_native_output,
+            )
 
             # What a worker's log never carries (task results hold patient names; engine/logs.py).
             signals.after_setup_logger.connect(setup_worker_logging, weak=False)
             signals.after_setup_task_logger.connect(setup_worker_logging, weak=False)
             signals.celeryd_after_setup.connect(_check_queues, weak=False)
+            # The job, task and file of each line (CXR_LOG_FORMAT=json); no banner in JSON mode.
+            signals.task_prerun.connect(bind_task_context, weak=False)
+            signals.task_postrun.connect(clear_log_context, weak=False)
+            signals.celeryd_init.connect(_json_from_the_start, weak=False)
+            signals.celeryd_init.connect(_start_metrics, weak=False)
+            signals.worker_ready.connect(_announce_metrics, weak=False)
+            signals.worker_process_init.connect(route_native_output, weak=False)  # before the model loads
+            signals.worker_process_shutdown.connect(stop_native_output, weak=False)
             _worker_app.append(create_celery_app())
         return _worker_app[0]
 
@@ -111,6 +126,56 @@ def _check_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
             SINGLE_QUEUE,
             ",".join(QUEUES),
         )
+
+
+def queue_names() -> list[str]:
+    """Every queue a task is routed to, and the default one (the metrics' queue depths)."""
+    routed = {str(route["queue"]) for route in celeryconfig.task_routes.values() if "queue" in route}
+    return sorted(routed | {celeryconfig.task_default_queue})
+
+
+def _start_metrics(**_: Any) -> None:
+    """``celeryd_init``, in the main process before the pool forks: with ``CXR_METRICS_PORT``,
+    the folder every prefork child writes its metrics to, and the exporter that sums them."""
+    from engine import monitoring
+
+    if monitoring.prepare_multiprocess("worker") is not None:
+        port = monitoring.serve("worker")
+        if port is not None:
+            _metrics_served.append(port)
+
+
+def _announce_metrics(**_: Any) -> None:
+    """``worker_ready``: say where the metrics are, now that the worker's log exists."""
+    import logging
+
+    from engine.monitoring import metrics_host
+
+    for port in _metrics_served:
+        logging.getLogger(__name__).info("worker metrics on http://%s:%d/metrics (do not expose)", metrics_host(), port)
+
+
+def _json_from_the_start(instance: Any = None, **_: Any) -> None:
+    """``celeryd_init``, before Celery's own logging is set up. With ``CXR_LOG_FORMAT=json``:
+    no start-up banner (it is not JSON; the same as ``celery -q``), and Python warnings go
+    through logging; until Celery replaces the root logger's handlers with its own (whose
+    formatters ``setup_worker_logging`` then turns to JSON), a JSON handler on stderr
+    takes them (Celery's warning about running as root comes before its logging)."""
+    import logging
+    import sys
+
+    from engine.logs import formatter, log_format, route_native_output
+
+    if log_format() != "json" or instance is None:
+        return
+    route_native_output()
+    instance.quiet = True
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter())
+        root.addHandler(handler)
 
 
 def __getattr__(name: str) -> Any:

@@ -54,6 +54,7 @@ from celery.result import AsyncResult
 from redis.exceptions import OutOfMemoryError
 
 import celeryconfig
+from engine import monitoring
 from engine.delivery import decide_delivery
 from engine.jobstore import JobStore
 from engine.pipeline import analyse_file, process_file
@@ -119,11 +120,13 @@ def predictor() -> Predictor:
     """This process's model (loaded on first use if ``worker_process_init`` did not)."""
     with _lock:
         if "predictor" not in _state:
+            started = time.perf_counter()
             configure_tensorflow()
             p = Predictor(read_bundle())
             p.analyse_batch(p.preprocess(_warmup_image())[None])  # trace the graph now, not on a file
             prepare_fonts()  # and cut the report fonts: neither counts against a file's time limit
             _state["predictor"] = p
+            monitoring.model_loaded(p.bundle.identity(), p.bundle.thresholds, time.perf_counter() - started)
             log.info("model %s loaded in process %d", p.bundle.identity().get("name"), os.getpid())
         return _state["predictor"]
 
@@ -248,6 +251,7 @@ def infer_file(
             worker=self.request.hostname,
         ),
     )
+    monitoring.delivery(delivery.action, delivery.deaths)
     if delivery.action == "ignore":
         log.warning("file %d of job %s not processed: the job is %s", index, job_id, delivery.job_state)
         return {"index": index, "status": "skipped", "job": delivery.job_state}
@@ -257,6 +261,7 @@ def infer_file(
     deaths = delivery.deaths
     if delivery.action == "give_up":
         log.error("file %d of job %s (%s): worker died %d times on it; given up", index, job_id, path, deaths)
+        monitoring.file_done({"status": "skipped", "reason": "worker_lost"}, "bulk")
         return {"index": index, "status": "skipped"}
     if deaths:
         log.warning(
@@ -282,6 +287,7 @@ def infer_file(
         }
         log.warning("file %d of job %s: soft time limit exceeded", index, job_id)
     record.update(index=index, worker=self.request.hostname)
+    monitoring.file_done(record, "bulk")
     if deaths:
         record["deliveries"] = deaths + 1
     if (
@@ -332,6 +338,7 @@ def _single_outcome(
                 data_roots=settings().data_roots,
                 dicom_outputs=dicom_outputs,
             )
+            monitoring.file_done(record, "single")
             if record["status"] != "processed":
                 return record
             doc = record.pop("document")
@@ -357,14 +364,24 @@ def _single_outcome(
                 dicom_outputs=dicom_outputs,
             )
             doc = art.document
+            monitoring.file_done(
+                {
+                    "status": "processed",
+                    "timings_ms": art.timings_ms,
+                    "transfer_syntax": doc["provenance"].get("transfer_syntax"),
+                },
+                "single",
+            )
             images = {
                 kind: base64.b64encode(art.files[art.kinds[kind]]).decode("ascii")
                 for kind in ("source_image", "heatmap", "report", *DICOM_SUFFIXES)
                 if kind in art.kinds
             }
     except CxrError as exc:
+        monitoring.file_done({"status": "skipped", "reason": exc.reason}, "single")
         return {"path": path, "status": "skipped", "reason": exc.reason, "detail": exc.detail}
     except SoftTimeLimitExceeded:
+        monitoring.file_done({"status": "skipped", "reason": "timeout"}, "single")
         return {"path": path, "status": "skipped", "reason": "timeout", "detail": "soft time limit exceeded"}
     data = {"result": doc["result"], "findings": doc["findings"], **images, "metadata": doc["metadata"]}
     return {"path": path, "status": "processed", "worker": hostname, "data": data}

@@ -138,6 +138,7 @@ def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None
 
 def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     api_port, flower_port, dicom_port = free_ports(3)
+    metrics_port = free_ports(1)[0]  # the API's; the worker's is the next one
     env = {
         k: v
         for k, v in os.environ.items()
@@ -162,6 +163,7 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         CXR_API_WORKERS="1",
         CXR_TF_THREADS="1",
         PYTHONUNBUFFERED="1",
+        CXR_METRICS_PORT=str(metrics_port),
     )
     stderr_path = tmp_path / "launcher.stderr"
     marks = [str(tmp_path), f"127.0.0.1:{api_port}", f"--port={flower_port}"]
@@ -315,6 +317,11 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
         assoc = echo.associate("127.0.0.1", dicom_port, ae_title="CXR_ENGINE")
         assert assoc.is_established and int(assoc.send_c_echo().Status) == 0, f"C-ECHO failed{diagnostics()}"
         assoc.release()
+        # 3b. The metrics the banner points at: the API's and the worker's, each on its port.
+        assert f"Metrics: http://127.0.0.1:{metrics_port}/metrics (API)" in text, text
+        for port, name in ((metrics_port, "cxr_api_requests_total"), (metrics_port + 1, "cxr_files_processed_total")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                assert name in resp.read().decode(), f"step 3b (metrics): no {name} on port {port}"
 
         # 4. SIGTERM: the launcher stops everything and exits 0.
         proc.send_signal(signal.SIGTERM)
@@ -368,3 +375,14 @@ def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: P
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_make_run_metrics_ports_and_json_banner() -> None:
+    from cxr.stack import banner_line, metrics_ports
+
+    assert metrics_ports({}) == (9108, 9109)
+    assert metrics_ports({"CXR_METRICS_PORT": "9200"}) == (9200, 9201)
+    with pytest.raises(StackError, match="CXR_METRICS_PORT"):
+        metrics_ports({"CXR_METRICS_PORT": "ninety"})
+    line = banner_line("API: http://x\ncurl -H 'Authorization: eyJx.y.z'")
+    assert "\n" not in line and json.loads(line)["message"].endswith("eyJx.y.z'")  # the token stays usable

@@ -15,6 +15,11 @@ What Flower shows is checked the way Flower gets it: an event receiver on the br
 (task-sent, task-received, task-succeeded... with their arguments and results) for the
 whole test, and the task results stored in Redis (Flower's ``/api/task/result``). Those
 carry no patient name, patient id, path and no base64 image (issue 15, item 9).
+
+The same again with ``CXR_LOG_FORMAT=json`` (a second live service, Redis database
+``json_logs``): every line of every log is one JSON object with the documented fields,
+the job's lines carry its ``job_id``, the worker's its ``task_id`` and ``file_index``,
+and the masking holds in that format too.
 """
 
 from __future__ import annotations
@@ -26,12 +31,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 
 from api.ratelimit import KEY_PREFIX, TOO_MANY_FAILURES
-from tests.support.live import PATIENT_ID, PATIENT_NAME, PATIENT_NAME_PARTS, LiveService
+from tests.support.live import PATIENT_ID, PATIENT_NAME, PATIENT_NAME_PARTS, LiveService, live_service
+from tests.support.service import redis_db_url
+
+pytestmark = pytest.mark.service
 
 #: The live service runs with the default limit (CXR_AUTH_FAIL_LIMIT unset).
 DEFAULT_LIMIT = 20
@@ -82,6 +92,49 @@ def test_logs_hold_no_secret_token_or_patient_name(live: LiveService) -> None:
         job_id, out, tokens = _run_the_service(live)
     _check_flower_sees_no_patient_data(live, events, out)
     _check_logs(live, job_id, tokens)
+
+
+JSON_FIELDS = {"time", "level", "logger", "message", "process"}
+
+
+def test_json_logs_one_object_per_line_with_job_and_task_and_no_leak(tmp_path: Path) -> None:
+    with live_service(tmp_path, redis_db_url("json_logs"), CXR_LOG_FORMAT="json") as live_json:
+        job_id, _, tokens = _run_the_service(live_json)
+        _check_logs(live_json, job_id, tokens)
+    # Read after the service stopped: the shutdown lines (Celery prints one to stdout) are JSON too.
+    logs = live_json.log_files()
+    assert "Warm shutdown" in decoded_messages(logs["worker.log"])
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for name, text in logs.items():
+        lines[name] = []
+        for raw in text.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                raise AssertionError(f"{name}: not a JSON line: {raw[:300]!r}") from None
+            assert isinstance(line, dict) and JSON_FIELDS <= set(line), (name, line)
+            lines[name].append(line)
+    access = [line for line in lines["access.log"] if line.get("path") == "/bulk_inference"]
+    assert access and access[0]["method"] == "POST" and access[0]["status"] == 200
+    assert any(line.get("job_id") == job_id and line["logger"].startswith("api") for line in lines["api.log"])
+    worker_job = [line for line in lines["worker.log"] if line.get("job_id") == job_id]
+    assert {line.get("file_index") for line in worker_job} >= {0}, worker_job[:3]
+    assert all(line.get("task_id") for line in worker_job)
+    assert any(line.get("task_id", "").startswith("single-") for line in lines["worker.log"])
+    assert not any("celery@" in line["message"] and "v5" in line["message"] for line in lines["worker.log"])
+
+
+def decoded_messages(text: str) -> str:
+    """The text of a log; for JSON lines, each line's fields decoded (values, one per line)."""
+    out = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            out.append(raw)
+            continue
+        out.extend(str(v) for v in line.values()) if isinstance(line, dict) else out.append(raw)
+    return "\n".join(out)
 
 
 def _run_the_service(live: LiveService) -> tuple[str, Any, dict[str, str]]:
@@ -159,12 +212,13 @@ def _check_logs(live: LiveService, job_id: str, tokens: dict[str, str]) -> None:
     time.sleep(0.5)  # the worker's last lines
     logs = live.log_files()
     assert set(logs) == {"access.log", "api.log", "worker.log"}
+    decoded = {name: decoded_messages(text) for name, text in logs.items()}
     # The logs were written and cover what happened (or the search below proves nothing).
-    assert 'POST /bulk_inference HTTP/1.1" 200' in logs["access.log"]
-    assert f'GET /jobs/{job_id} HTTP/1.1" 429' in logs["access.log"]
-    assert f"job {job_id}: " in logs["api.log"]
-    assert "ratelimit" in logs["api.log"]
-    assert job_id in logs["worker.log"] and "cxr.infer_single" in logs["worker.log"]
+    assert 'POST /bulk_inference HTTP/1.1" 200' in decoded["access.log"]
+    assert f'GET /jobs/{job_id} HTTP/1.1" 429' in decoded["access.log"]
+    assert f"job {job_id}: " in decoded["api.log"]
+    assert "ratelimit" in decoded["api.log"]
+    assert job_id in decoded["worker.log"] and "cxr.infer_single" in decoded["worker.log"]
 
     forbidden = {
         "JWT secret": live.jwt_secret,
@@ -178,7 +232,7 @@ def _check_logs(live: LiveService, job_id: str, tokens: dict[str, str]) -> None:
     forbidden.update({f"patient name part {part}": part for part in PATIENT_NAME_PARTS})
     leaks = [
         f"{what} in {name}"
-        for name, text in logs.items()
+        for name, text in [*logs.items(), *decoded.items()]
         for what, value in forbidden.items()
         if value.lower() in text.lower()
     ]
