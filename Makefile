@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR := var/demo-input
 DEMO_OUT := var/demo-output
 
-.PHONY: venv test test-fast run demo phantoms train eval bench typecheck lint format clean images compose-check
+.PHONY: venv system-deps test test-fast run demo phantoms train eval bench typecheck lint format clean images compose-check
 
 venv: $(STAMP)
 
@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-test: venv
+# Redis on 127.0.0.1:6379, Orthanc and dicom3tools: started or installed when missing.
+system-deps:
+	bash .ci/system-deps
+
+test: venv system-deps
 	$(PY) -m pytest -q
 
 # The unit tests: no worker, API server or Redis server process is started (marker
 # `service`, set in tests/conftest.py), nothing slow; under a minute on 2 cores.
-test-fast: venv
+test-fast: venv system-deps
 	$(PY) -m pytest -q -m "not service and not slow and not multihost"
 
 # `make run` starts the whole stack (API, Celery worker, Flower; Redis too if none

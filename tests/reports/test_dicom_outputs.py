@@ -2,7 +2,7 @@
 source's study, deterministic, and readable back through highdicom.
 
 Sources are real files: phantoms (UTF-8 names in Cyrillic and Chinese) and pydicom's CR
-chest radiograph RG1. Validation is dicom3tools' ``dciodvfy`` (installed by ``.ci/run``
+chest radiograph RG1. Validation is dicom3tools' ``dciodvfy`` (installed by ``make test``, ``.ci/system-deps``
 with Orthanc) plus pydicom/highdicom round trips.
 """
 
@@ -68,7 +68,7 @@ def _roundtrip(ds: pydicom.Dataset, folder: Path, name: str) -> tuple[Path, pydi
 
 def _dciodvfy_errors(path: Path) -> list[str]:
     tool = shutil.which("dciodvfy")
-    assert tool, "dciodvfy (Debian package dicom3tools) is not installed: .ci/run installs it"
+    assert tool, "dciodvfy (Debian package dicom3tools) is not installed: make test installs it (.ci/system-deps)"
     out = subprocess.run([tool, "-new", str(path)], check=False, capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 

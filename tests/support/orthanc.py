@@ -5,7 +5,7 @@ a temporary folder, stopped after. Orthanc 1.10 cannot bind to one address, so a
 closed instead: its REST API answers only local clients (``RemoteAccessAllowed: false``)
 and its DICOM server accepts echo and store only from the registered modality (the
 engine, AE and host checked). A missing Orthanc fails the test, it is never skipped:
-``.ci/run`` installs it.
+``make test`` installs it (``.ci/system-deps``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def orthanc_binary() -> str:
             return found
     raise AssertionError(
         "Orthanc is not installed (Debian package 'orthanc', binary /usr/sbin/Orthanc): "
-        "run `apt-get install -y orthanc` (.ci/run does it); the PACS tests need a real PACS"
+        "run `apt-get install -y orthanc` (make test does it: .ci/system-deps); the PACS tests need a real PACS"
     )
 
 
@@ -47,7 +47,7 @@ def dicomweb_plugin() -> Path:
     if not DICOMWEB_PLUGIN.is_file():
         raise AssertionError(
             f"Orthanc's DICOMweb plugin is not installed ({DICOMWEB_PLUGIN}): "
-            "run `apt-get install -y orthanc-dicomweb` (.ci/run does it)"
+            "run `apt-get install -y orthanc-dicomweb` (make test does it: .ci/system-deps)"
         )
     return DICOMWEB_PLUGIN
 
