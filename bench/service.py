@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.stack import Child, free_port, stop_group
+from workers.app import worker_command
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,19 +170,7 @@ class Service:
         """A ``celery worker`` with ``concurrency`` processes; returns once it answers /health."""
         child = _start(
             "worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "single,inference,celery",
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{log_name}@%h",
-                "--loglevel=INFO",
-            ],
+            worker_command(concurrency, f"{log_name}@%h", python=str(BIN / "python")),
             dict(self.env, **env),
             self.work / f"{log_name}.log",
         )

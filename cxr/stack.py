@@ -57,6 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from engine.logs import log_format, redact_also, redact_handlers
 from engine.monitoring import metrics_host, metrics_port
+from workers.app import worker_command
 
 log = logging.getLogger("cxr.stack")
 
@@ -421,21 +422,9 @@ def run(var: Path, demo_size: int) -> int:
         py = sys.executable
         stack.start(
             "worker",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "single,inference,celery",
-                "-c",
-                os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)),
-                "-n",
-                "cxr-worker@%h",
-                "--loglevel=INFO",
-            ],
+            worker_command(
+                os.environ.get("CXR_WORKER_CONCURRENCY", str(os.cpu_count() or 1)), "cxr-worker@%h", python=py
+            ),
             metrics_env(env, state, "worker", worker_metrics),
         )
         stack.start(

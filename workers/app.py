@@ -18,6 +18,7 @@ The tasks themselves get their arguments unchanged.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -76,6 +77,27 @@ class QuietAMQP(AMQP):
         if argsrepr is not None:
             options["argsrepr"], options["kwargsrepr"] = argsrepr, kwargsrepr
         return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
+
+
+def worker_command(concurrency: int | str, node_name: str, *extra: str, python: str | None = None) -> list[str]:
+    """The command line of a worker that serves every queue in the order workers serve
+    them (``make run``, the tests' and the benchmark's workers): one place for it."""
+    return [
+        python or sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        ",".join(QUEUES),
+        "-c",
+        str(concurrency),
+        "-n",
+        node_name,
+        "--loglevel=INFO",
+        *extra,
+    ]
 
 
 def create_celery_app(redis_url: str | None = None) -> Celery:

@@ -54,6 +54,22 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port_pair(taken: list[int]) -> int:
+    """A port that is free with the next one too, neither in ``taken`` (make run's metrics:
+    the API's port and the worker's, the next one)."""
+    for _ in range(100):
+        (port,) = free_ports(1)
+        if port + 1 in taken or port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports found")
+
+
 def http_status(url: str, auth: str | None = None) -> int:
     headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
     try:
@@ -138,7 +154,7 @@ def test_a_redis_password_stays_out_of_the_launchers_log(tmp_path: Path) -> None
 
 def test_make_run_starts_the_stack_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     api_port, flower_port, dicom_port = free_ports(3)
-    metrics_port = free_ports(1)[0]  # the API's; the worker's is the next one
+    metrics_port = free_port_pair([api_port, flower_port, dicom_port])  # the API's; the worker's is the next
     env = {
         k: v
         for k, v in os.environ.items()

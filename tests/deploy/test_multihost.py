@@ -43,6 +43,7 @@ import pytest
 from cxr.stack import free_port
 from demo.phantom_dicom import write_phantoms
 from tests.support.service import ROOT, SECRET, worker_env
+from workers.app import worker_command
 
 log = logging.getLogger(__name__)
 
@@ -321,23 +322,7 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
         hosts.start(
             role,
             role,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "single,inference,celery",
-                "-c",
-                "1",
-                "-n",
-                "cxr@%h",
-                "--loglevel=INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            worker_command(1, "cxr@%h", "--without-mingle", "--without-gossip"),
             env,
             logs / f"{role}.log",
             hostname=host,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.stack import Child, stop_group
+from workers.app import worker_command
 
 #: The Redis server the tests use; each test module takes its own database number on it
 #: and flushes it. ``CXR_TEST_REDIS`` points a run at another server (two checkouts
@@ -56,23 +56,7 @@ class WorkerProcess:
     def __init__(self, name: str, log: Path, env: dict[str, str], concurrency: int = 1) -> None:
         self.name = f"{name}@{os.uname().nodename}"
         self.log = log
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "single,inference,celery",
-            "-c",
-            str(concurrency),
-            "-n",
-            self.name,
-            "--loglevel=INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        cmd = worker_command(concurrency, self.name, "--without-mingle", "--without-gossip")
         self.handle = log.open("wb")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True

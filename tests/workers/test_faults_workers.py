@@ -241,7 +241,7 @@ def test_single_inference_whose_process_dies_answers_500_at_once(
     app, root = faults_app
     assert _alive(workers)
     inp = root / "single-in"
-    write_phantoms(inp, 1, seed=4444, size=3072, compression="j2k")
+    write_phantoms(inp, 1, seed=4444, size=4096, compression="j2k")  # about 2 s: the kill lands mid-file
     killer = TaskKiller(
         app.extensions["cxr_celery"],
         lambda task_id, worker, pid: "child" if task_id.startswith("single-") else None,
