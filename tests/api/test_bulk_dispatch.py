@@ -69,6 +69,7 @@ def post(app: Any, body: dict[str, Any]) -> Any:
     return app.test_client().post("/bulk_inference", headers={"Authorization": issue_token(app, "t")}, json=body)
 
 
+@pytest.mark.slow  # 5,000 files: make test, not test-fast
 def test_a_big_folder_is_answered_at_once_and_sent_in_the_background(app: Any, root: Path) -> None:
     store = app.extensions["cxr_jobs"]
     started = time.monotonic()

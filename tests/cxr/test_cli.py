@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.service  # each test runs the cxr command in a process that loads TensorFlow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

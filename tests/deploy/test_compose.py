@@ -335,6 +335,7 @@ def test_image_installs_the_project_from_what_it_copies(dockerfile: str) -> None
         "inference/bundles/demo/model.keras",
         "inference/bundles/demo/manifest.json",
         "reports/fonts/DejaVuSans.ttf",
+        "api/openapi.yaml",  # served at GET /openapi.json
     ):
         assert needed in names, f"{dockerfile}: the installed project lacks {needed}"
 

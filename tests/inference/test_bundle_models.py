@@ -59,6 +59,7 @@ def _reference(predictor: Predictor, arch: str, *rgb255: np.ndarray) -> list[np.
     return list(out)
 
 
+@pytest.mark.slow  # builds full-size DenseNet121, Xception and EfficientNetB0: make test, not test-fast
 @pytest.mark.parametrize("arch", list(REFERENCES))
 def test_engine_matches_the_keras_preprocess_input_pipeline(
     arch: str, predictors: dict[str, Predictor], app_bundles: Any, parity_files: tuple[Path, Path]
