@@ -34,24 +34,13 @@ import pytest
 import redis
 
 from cxr.stack import StackError, flower_auth, masked_url
+from tests.support.service import free_ports
 
 pytestmark = pytest.mark.service  # starts its own worker, API or Redis processes
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNER_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 40.0
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel had free just now (all held open together, so they differ)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def free_port_pair(taken: list[int]) -> int:

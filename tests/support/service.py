@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +20,18 @@ from workers.app import worker_command
 #: and flushes it. ``CXR_TEST_REDIS`` points a run at another server (two checkouts
 #: testing at once on one machine must not flush each other's databases).
 TEST_REDIS = os.environ.get("CXR_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel had free just now (all held open together, so they differ)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def redis_db_url(db: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -33,22 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cxr.stack import Child, stop_group
 from tests.support.live import wait_http, warm_up
-from tests.support.service import ROOT, SECRET, WorkerProcess, redis_db_url, worker_env
+from tests.support.service import ROOT, SECRET, WorkerProcess, free_ports, redis_db_url, worker_env
 
 pytestmark = pytest.mark.service
 DASHBOARD = ROOT / "docs" / "grafana" / "cxr-engine.json"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free just now, held open together so that they differ."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @dataclass
