@@ -9,6 +9,7 @@ connections (job store, token deny list) and the Celery app that sends tasks liv
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,12 @@ BROKER_ERRORS = (
     redis.exceptions.OutOfMemoryError,
     kombu.exceptions.OperationalError,
 )
+
+
+def serve_command(python: str | None = None) -> list[str]:
+    """The command line that serves the API as ``make run`` does (gunicorn, ``api.gunicorn_conf``,
+    settings from the environment): one place for it, used by the launcher, the tests and the bench."""
+    return [python or sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"]
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api import serve_command
 from cxr.stack import Child, free_port, stop_group
 from workers.app import worker_command
 
@@ -148,7 +149,7 @@ class Service:
         env = dict(self.env, CXR_PORT=str(self.port))
         self.api = _start(
             "api",
-            [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "api:create_app()"],
+            serve_command(str(BIN / "python")),
             env,
             self.work / "api.log",
         )

@@ -29,7 +29,7 @@ FLOWER_PORT, CXR_VAR_DIR, CXR_RUN_PRIVATE_REDIS, CXR_METRICS_PORT (the API's met
 default 9108; the worker's is the next one; both bound to CXR_METRICS_HOST, 127.0.0.1),
 CXR_LOG_FORMAT (``json``: this launcher's lines, the banner included, and those of the
 API and the worker are JSON lines; Flower's stay text). It never imports TensorFlow;
-``api`` only to issue a token.
+``api`` for the API's command line and to issue a token.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
+from api import serve_command
 from engine.logs import log_format, redact_also, redact_handlers
 from engine.monitoring import metrics_host, metrics_port
 from workers.app import worker_command
@@ -429,7 +430,7 @@ def run(var: Path, demo_size: int) -> int:
         )
         stack.start(
             "api",
-            [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+            serve_command(py),
             dict(metrics_env(env, state, "api", api_metrics), CXR_HOST=host, CXR_PORT=str(api_port)),
         )
         # Flower's password and the broker URL (with Redis's) reach it in its environment, as its

@@ -17,7 +17,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from api import serve_command
 from api.gunicorn_worker import Framing, chunked_end, header_timeout_s
 from tests.support.service import ROOT, SECRET, redis_db_url
 
@@ -55,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     log = tmp / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+            serve_command(),
             cwd=ROOT,
             env=env,
             stdout=out,

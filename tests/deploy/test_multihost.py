@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import pytest
 
+from api import serve_command
 from cxr.stack import free_port
 from demo.phantom_dicom import write_phantoms
 from tests.support.service import ROOT, SECRET, worker_env
@@ -300,7 +301,7 @@ def test_two_worker_hosts_share_a_job_and_one_survives_the_others_link_cut(hosts
     hosts.start(
         "api",
         "api",
-        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+        serve_command(),
         api_env,
         logs / "api.log",
     )

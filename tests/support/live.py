@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 import pydicom
 import redis
 
+from api import serve_command
 from cxr.stack import Child, free_port, stop_group
 from tests.support.service import ROOT, WorkerProcess, worker_env
 
@@ -137,7 +137,7 @@ def live_service(
     worker = WorkerProcess("live", logs / "worker.log", env)
     access, errors = (logs / "access.log").open("wb"), (logs / "api.log").open("wb")
     api = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+        serve_command(),
         cwd=ROOT,
         env=env,
         stdout=access,

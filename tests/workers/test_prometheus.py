@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import serve_command
 from cxr.stack import Child, stop_group
 from tests.support.live import wait_http, warm_up
 from tests.support.service import ROOT, SECRET, WorkerProcess, free_ports, redis_db_url, worker_env
@@ -78,7 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )
     with (tmp / "api.log").open("wb") as api_log:
         api = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+            serve_command(),
             cwd=ROOT,
             env=api_env,
             stdout=api_log,
